@@ -1,0 +1,1 @@
+"""The wire contracts of imaging-uploader: envelope, events and topics (pydantic only)."""

@@ -1,0 +1,228 @@
+"""Every event of the flow, as frozen pydantic payloads with a versioned CloudEvents type.
+
+No payload carries PHI: no patient names, MRNs, birth dates, and no original filenames
+(a filename can hold a name); those stay in documents the gateway owns or in the PHI vault.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.envelope import SOURCE_PREFIX, CloudEvent, utcnow
+
+__all__ = [
+    "EVENT_TYPES",
+    "ArchiveEntryExtracted",
+    "ArchiveExtracted",
+    "DicomAnonymized",
+    "DirectUploadMetadata",
+    "Event",
+    "ImageAnonymized",
+    "Ingested",
+    "ItemStatus",
+    "ItemStatusChanged",
+    "JobOpened",
+    "ObjectRef",
+    "PipelineRunFinished",
+    "PipelineRunStarted",
+    "RejectedEntry",
+    "ReportParsed",
+    "UnknownEventType",
+    "UploadReceived",
+    "decode",
+    "encode",
+]
+
+TYPE_PREFIX = "org.imaging-uploader."
+
+ItemStatus = Literal["queued", "processing", "completed", "error"]
+UploadKind = Literal["image", "archive", "scan"]
+EntryKind = Literal["image", "pdf", "dicom", "other"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ObjectRef(_Frozen):
+    """Where bytes live in the object store, with what was computed while writing them."""
+
+    bucket: str
+    key: str
+    size: int = Field(ge=0)
+    md5: str
+    sha256: str
+    content_type: str
+
+
+class DirectUploadMetadata(_Frozen):
+    hospital_id: str
+    lab_unit_id: str
+    camera_id: str
+    disease_id: str
+    area_id: str
+    mydriatic: bool
+
+
+class RejectedEntry(_Frozen):
+    entry_index: int
+    reason: str
+
+
+class Event(_Frozen):
+    """A payload; `event_type` names it on the wire and carries its version."""
+
+    event_type: ClassVar[str]
+    job_id: str
+
+    def subject(self) -> str:
+        return self.job_id
+
+
+class UploadReceived(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "upload.received.v1"
+    item_id: str
+    kind: UploadKind
+    object: ObjectRef
+    uploader_id: str
+    metadata: DirectUploadMetadata | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class ArchiveEntryExtracted(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "archive.entry.extracted.v1"
+    archive_item_id: str
+    item_id: str
+    entry_index: int = Field(ge=0)
+    entry_kind: EntryKind
+    layout: str
+    object: ObjectRef
+    uploader_id: str
+    metadata: DirectUploadMetadata | None = None
+
+
+class ArchiveExtracted(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "archive.extracted.v1"
+    item_id: str
+    layout: str
+    entry_count: int = Field(ge=0)
+    rejected: tuple[RejectedEntry, ...] = ()
+
+
+class ReportParsed(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "report.parsed.v1"
+    item_id: str
+    report_kind: Literal["dr", "glaucoma", "unknown"]
+    method: Literal["text", "ocr"]
+    subject_id: str | None = None
+    findings: dict[str, str] = Field(default_factory=dict)
+
+
+class ImageAnonymized(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.anonymized.v1"
+    item_id: str
+    uploader_id: str
+    source: ObjectRef
+    clean: ObjectRef
+    thumbnail: ObjectRef
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    masked: bool
+    review_reason: str | None = None
+    metadata: DirectUploadMetadata | None = None
+
+
+class DicomAnonymized(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "dicom.anonymized.v1"
+    item_id: str
+    source: ObjectRef
+    clean: ObjectRef
+    removed_elements: int = Field(ge=0)
+
+
+class Ingested(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "item.ingested.v1"
+    item_id: str
+    record_id: str
+    kind: UploadKind
+
+
+class PipelineRunStarted(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "pipeline.run.started.v1"
+    run_id: str
+    item_id: str
+    trigger: Literal["auto", "manual"]
+
+
+class PipelineRunFinished(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "pipeline.run.finished.v1"
+    run_id: str
+    item_id: str
+    outcome: Literal["success", "failure"]
+    exit_code: int
+    message: str = ""
+
+
+class JobOpened(Event):
+    """A job exists with these items; the tracker needs the full list to know when it ends."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "job.opened.v1"
+    kind: Literal["direct", "archive", "scan"]
+    item_ids: tuple[str, ...]
+    opened_at: datetime = Field(default_factory=utcnow)
+
+
+class ItemStatusChanged(Event):
+    event_type: ClassVar[str] = TYPE_PREFIX + "item.status.v1"
+    item_id: str
+    status: ItemStatus
+    reason: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+    service: str
+    parent_item_id: str | None = None
+
+
+_ALL: tuple[type[Event], ...] = (
+    UploadReceived,
+    ArchiveEntryExtracted,
+    ArchiveExtracted,
+    ReportParsed,
+    ImageAnonymized,
+    DicomAnonymized,
+    Ingested,
+    PipelineRunStarted,
+    PipelineRunFinished,
+    JobOpened,
+    ItemStatusChanged,
+)
+EVENT_TYPES: dict[str, type[Event]] = {cls.event_type: cls for cls in _ALL}
+
+# Old wire versions are upcast to the current model here: {old_type: (new_type, fn(data))}.
+UPCASTERS: dict[str, tuple[str, Any]] = {}
+
+
+class UnknownEventType(ValueError):
+    pass
+
+
+def encode(event: Event, *, source: str) -> CloudEvent:
+    return CloudEvent.new(
+        source=SOURCE_PREFIX + source,
+        type=event.event_type,
+        subject=event.subject(),
+        data=event.model_dump(mode="json"),
+    )
+
+
+def decode(envelope: CloudEvent) -> Event:
+    event_type, data = envelope.type, envelope.data
+    while event_type in UPCASTERS:
+        event_type, upcast = UPCASTERS[event_type]
+        data = upcast(data)
+    model = EVENT_TYPES.get(event_type)
+    if model is None:
+        raise UnknownEventType(event_type)
+    return model.model_validate(data)

@@ -1,0 +1,1 @@
+"""The how every service shares: ports, adapters, runtime, settings, telemetry."""

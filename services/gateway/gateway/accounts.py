@@ -1,0 +1,155 @@
+"""Users, roles, lab-unit access, passwords (argon2) and API tokens (stored hashed)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any, Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from pydantic import BaseModel, ConfigDict
+
+from contracts.envelope import utcnow
+from kit.ports import Documents, DuplicateKey
+
+__all__ = [
+    "ROLES",
+    "Accounts",
+    "Role",
+    "User",
+    "UserExists",
+]
+
+Role = Literal["uploader", "data_manager", "admin"]
+ROLES: tuple[Role, ...] = ("uploader", "data_manager", "admin")
+USERS, TOKENS = "users", "api_tokens"
+
+_hasher = PasswordHasher()
+
+
+class UserExists(ValueError):
+    pass
+
+
+class User(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    username: str
+    role: Role
+    lab_unit_ids: tuple[str, ...] = ()
+    file_upload_count: int = 0
+    upload_quota: int | None = None  # None: the site default (MAX_FILES_PER_UPLOAD)
+    active: bool = True
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def may_use_lab_unit(self, lab_unit_id: str) -> bool:
+        return self.is_admin or lab_unit_id in self.lab_unit_ids
+
+    def quota(self, default: int) -> int:
+        return default if self.upload_quota is None else self.upload_quota
+
+
+def _user(doc: dict[str, Any]) -> User:
+    return User.model_validate({k: v for k, v in doc.items() if k in User.model_fields})
+
+
+def _token_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Accounts:
+    def __init__(self, *, docs: Documents) -> None:
+        self._users = docs.collection(USERS)
+        self._tokens = docs.collection(TOKENS)
+
+    async def create_user(
+        self,
+        *,
+        username: str,
+        role: Role,
+        password: str,
+        lab_unit_ids: tuple[str, ...] = (),
+        upload_quota: int | None = None,
+    ) -> User:
+        username = username.strip().lower()
+        if not username:
+            raise ValueError("a username is required")
+        doc = {
+            "_id": username,
+            "username": username,
+            "role": role,
+            "lab_unit_ids": list(lab_unit_ids),
+            "file_upload_count": 0,
+            "upload_quota": upload_quota,
+            "active": True,
+            "password_hash": _hasher.hash(password),
+            "created_at": utcnow().isoformat(),
+        }
+        try:
+            await self._users.insert(doc)
+        except DuplicateKey:
+            raise UserExists(f"user {username!r} already exists") from None
+        return _user(doc)
+
+    async def get(self, username: str) -> User | None:
+        doc = await self._users.get(username.strip().lower())
+        return _user(doc) if doc else None
+
+    async def all(self) -> list[User]:
+        return [_user(d) for d in await self._users.find(sort=[("username", 1)])]
+
+    async def count(self) -> int:
+        return await self._users.count()
+
+    async def update(self, username: str, **fields: Any) -> User | None:
+        if "lab_unit_ids" in fields:
+            fields["lab_unit_ids"] = list(fields["lab_unit_ids"])
+        if "password" in fields:
+            fields["password_hash"] = _hasher.hash(fields.pop("password"))
+        doc = await self._users.update(username, set=fields)
+        return _user(doc) if doc else None
+
+    async def authenticate(self, username: str, password: str) -> User | None:
+        doc = await self._users.get(username.strip().lower())
+        if not doc or not doc.get("active", True):
+            return None
+        try:
+            _hasher.verify(doc["password_hash"], password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return _user(doc)
+
+    async def create_token(self, username: str, *, label: str = "") -> str:
+        """A new API token; only its hash is stored, so this is the one time it is seen."""
+        if await self.get(username) is None:
+            raise LookupError(f"no user {username!r}")
+        token = "iu_" + secrets.token_urlsafe(32)
+        await self._tokens.insert(
+            {"_id": _token_id(token), "username": username.strip().lower(), "label": label,
+             "created_at": utcnow().isoformat()}
+        )
+        return token
+
+    async def user_for_token(self, token: str) -> User | None:
+        doc = await self._tokens.get(_token_id(token))
+        if not doc:
+            return None
+        user = await self.get(doc["username"])
+        return user if user and user.active else None
+
+    async def reserve_upload(self, username: str, *, quota: int) -> bool:
+        """Count one more accepted file against the user's lifetime quota, atomically."""
+        doc = await self._users.update(username, inc={"file_upload_count": 1})
+        if doc is None:
+            return False
+        if doc["file_upload_count"] > quota:
+            await self._users.update(username, inc={"file_upload_count": -1})
+            return False
+        return True
+
+    async def release_upload(self, username: str) -> None:
+        await self._users.update(username, inc={"file_upload_count": -1})

@@ -1,0 +1,85 @@
+"""The REST API for programs: same checks and messages as the web pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from gateway.deps import CurrentUser, GatewayDep
+from gateway.direct_upload import Audit, FormRejected, receive_direct_upload
+from gateway.jobs import job_view, recent_jobs
+from gateway.multipart import MalformedForm, read_parts
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api")
+
+
+def audit_of(request: Request) -> Audit:
+    return Audit(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+async def run_direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser
+                            ) -> dict[str, Any]:
+    try:
+        result = await receive_direct_upload(
+            read_parts(request.headers.get("content-type", ""), request.stream()),
+            user=user,
+            audit=audit_of(request),
+            settings=gateway.settings,
+            store=gateway.store,
+            docs=gateway.docs,
+            bus=gateway.bus,
+            accounts=gateway.accounts,
+            reference=gateway.reference,
+        )
+    except FormRejected as rejected:
+        raise HTTPException(rejected.status_code, rejected.message) from None
+    except MalformedForm as malformed:
+        raise HTTPException(400, str(malformed)) from None
+    return {
+        "job_id": result.job_id,
+        "status_url": f"/api/upload-jobs/{result.job_id}/status",
+        "processing_url": f"/direct/upload/processing/{result.job_id}",
+        "accepted": result.accepted,
+        "rejected": result.rejected,
+    }
+
+
+@router.post("/direct/upload", status_code=201)
+async def direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser
+                        ) -> dict[str, Any]:
+    """Multipart form: `files` (repeatable) and hospital, lab_unit, camera, disease, area,
+    mydriatic (ids from /api/reference)."""
+    return await run_direct_upload(request, gateway, user)
+
+
+@router.get("/upload-jobs/{job_id}/status")
+async def job_status(job_id: str, gateway: GatewayDep, user: CurrentUser) -> JSONResponse:
+    view = await job_view(job_id, docs=gateway.docs, include_ip=user.is_admin)
+    if view is None:
+        raise HTTPException(404, "No job with this token")
+    return JSONResponse(view, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/jobs")
+async def jobs(gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
+    return {"jobs": await recent_jobs(docs=gateway.docs,
+                                      limit=gateway.settings.recent_jobs_limit,
+                                      include_ip=user.is_admin)}
+
+
+@router.get("/reference")
+async def reference(gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
+    return await gateway.reference.all()
+
+
+@router.get("/me")
+async def me(gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
+    quota = user.quota(gateway.settings.max_files_per_upload)
+    return {**user.model_dump(), "upload_quota_effective": quota}

@@ -1,0 +1,48 @@
+"""The gateway's FastAPI application, built around adapters handed in by the composition root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from starlette.middleware.sessions import SessionMiddleware
+
+from gateway import api
+from gateway.accounts import Accounts
+from gateway.deps import Gateway
+from gateway.reference import ReferenceData
+from gateway.settings import GatewaySettings
+from kit.health import health_routes
+from kit.ports import Documents, EventBus, ObjectStore
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    *,
+    settings: GatewaySettings,
+    bus: EventBus,
+    store: ObjectStore,
+    docs: Documents,
+    is_ready: Callable[[], bool] = lambda: True,
+) -> FastAPI:
+    app = FastAPI(title="imaging-uploader", version="0.1.0")
+    app.state.gateway = Gateway(
+        settings=settings,
+        bus=bus,
+        store=store,
+        docs=docs,
+        accounts=Accounts(docs=docs),
+        reference=ReferenceData(docs=docs),
+    )
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.session_secret or "dev-only-not-secret",
+        session_cookie="uploader_session",
+        same_site="lax",
+        https_only=False,
+    )
+    app.include_router(api.router)
+    for route in health_routes(is_ready):
+        app.router.routes.append(route)
+    return app

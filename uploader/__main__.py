@@ -1,0 +1,3 @@
+from uploader.cli import app
+
+app(prog_name="uploader")

@@ -1,0 +1,143 @@
+"""`uploader`: serve the system, run one service, manage engines, users and tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="imaging-uploader: clinical image uploads.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead-letter topics.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(dlq_app, name="dlq")
+
+BusOpt = Annotated[str | None, typer.Option("--bus", help="sqlite (embedded) or kafka")]
+StoreOpt = Annotated[str | None, typer.Option("--store", help="fs (embedded) or s3")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="sqlite (embedded) or mongo")]
+HostOpt = Annotated[str | None, typer.Option("--host")]
+PortOpt = Annotated[int | None, typer.Option("--port")]
+DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="embedded backends' folder")]
+
+
+def _settings(**overrides: Any) -> Any:
+    from gateway.settings import GatewaySettings
+
+    names = {"bus": "bus", "store": "store", "db": "db", "host": "http_host",
+             "port": "http_port", "data_dir": "data_dir"}
+    given = {names[k]: v for k, v in overrides.items() if v is not None}
+    return GatewaySettings(**given)
+
+
+@app.command()
+def serve(bus: BusOpt = None, store: StoreOpt = None, db: DbOpt = None, host: HostOpt = None,
+          port: PortOpt = None, data_dir: DataOpt = None) -> None:
+    """Run every service in this one process (embedded backends unless told otherwise)."""
+    from uploader.bootstrap import serve as serve_all
+
+    settings = _settings(bus=bus, store=store, db=db, host=host, port=port, data_dir=data_dir)
+    asyncio.run(serve_all(settings))
+
+
+@app.command()
+def run(service: str, bus: BusOpt = None, store: StoreOpt = None, db: DbOpt = None,
+        host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) -> None:
+    """Run ONE service as its own process (health and metrics on --port)."""
+    from uploader.bootstrap import SERVICES
+    from uploader.bootstrap import serve as serve_some
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"choose one of: {', '.join(SERVICES)}")
+    settings = _settings(bus=bus, store=store, db=db, host=host, port=port, data_dir=data_dir)
+    if service == "job-tracker" and settings.bus == "kafka":
+        from job_tracker.faust_app import run_worker
+
+        run_worker(settings)
+        return
+    asyncio.run(serve_some(settings, services=[service]))
+
+
+async def _with_docs(settings: Any, work: Any) -> Any:
+    from uploader.bootstrap import open_platform, prepare
+
+    platform = open_platform(settings)
+    try:
+        await prepare(platform)
+        return await work(platform)
+    finally:
+        await platform.close()
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    role: Annotated[str, typer.Option("--role", help="uploader | data_manager | admin")],
+    lab_unit: Annotated[list[str] | None, typer.Option("--lab-unit", help="repeatable")] = None,
+    password: Annotated[str | None, typer.Option("--password")] = None,
+    quota: Annotated[int | None, typer.Option("--quota", help="lifetime file quota")] = None,
+    db: DbOpt = None, data_dir: DataOpt = None,
+) -> None:
+    """Create a user; prints a generated password when none is given."""
+    import secrets
+
+    from gateway.accounts import ROLES, Accounts
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of: {', '.join(ROLES)}")
+    secret = password or secrets.token_urlsafe(12)
+
+    async def work(platform: Any) -> None:
+        accounts = Accounts(docs=platform.docs)
+        await accounts.create_user(username=name, role=role, password=secret,  # type: ignore[arg-type]
+                                   lab_unit_ids=tuple(lab_unit or ()), upload_quota=quota)
+
+    asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work))
+    typer.echo(f"created {role} {name!r}" + ("" if password else f" with password: {secret}"))
+
+
+@tokens_app.command("create")
+def tokens_create(user: str, label: Annotated[str, typer.Option("--label")] = "",
+                  db: DbOpt = None, data_dir: DataOpt = None) -> None:
+    """Create an API token for USER and print it (it is shown only this once)."""
+    from gateway.accounts import Accounts
+
+    async def work(platform: Any) -> str:
+        return await Accounts(docs=platform.docs).create_token(user, label=label)
+
+    typer.echo(asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work)))
+
+
+@dlq_app.command("replay")
+def dlq_replay(topic: str, bus: BusOpt = None, data_dir: DataOpt = None) -> None:
+    """Republish TOPIC's dead letters to TOPIC; services that already handled one skip it."""
+    from kit.runtime import replay_dead_letters
+
+    async def work(platform: Any) -> int:
+        return await replay_dead_letters(platform.bus, topic=topic)
+
+    count = asyncio.run(_with_docs(_settings(bus=bus, data_dir=data_dir), work))
+    typer.echo(f"replayed {count} event(s) to {topic}")
+
+
+@app.command()
+def docs(out: Path = Path("docs")) -> None:
+    """Write the events' JSON Schemas and the AsyncAPI document."""
+    from contracts.docs import write_docs
+
+    for path in write_docs(out):
+        typer.echo(str(path))
+
+
+def _mount_engines() -> None:
+    try:
+        from uploader.cli_engines import engines_app
+    except ImportError:  # pragma: no cover - present in every checkout
+        return
+    app.add_typer(engines_app, name="engines", help="Real Kafka, MinIO, FerretDB for developers.")
+
+
+_mount_engines()
