@@ -60,6 +60,14 @@ class Process:
             [sys.executable, "-m", "uploader", *self.args, "--port", str(self.port)],
             env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
         )
+        try:
+            return self._wait_ready(ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self, ready_timeout: float) -> Process:
+        assert self.popen is not None
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -81,6 +89,7 @@ class Process:
         """SIGKILL: no chance to clean up, like a power cut."""
         if self.popen and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGKILL)
+        if self.popen:
             self.popen.wait(timeout=30)
         self._close_log()
 

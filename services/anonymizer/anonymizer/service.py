@@ -39,7 +39,7 @@ async def anonymize_image(
     try:
         data = await read_bounded(store, source, limit=MAX_IMAGE_BYTES)
         # CPU-bound; Pillow and numpy release the GIL, so other services keep going.
-        clean = await asyncio.to_thread(anonymize_fundus, data)
+        clean = await asyncio.to_thread(anonymize_fundus, data, output_format="auto")
     except ObjectTooLarge:
         return [emit_status(event, item_id=item_id, status="error", service=NAME,
                             reason="Image too large to anonymize (max 64MB)")]
