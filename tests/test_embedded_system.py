@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kit.docs_sqlite import SqliteDocuments
-from tests.system import cli, job_status, start_process, upload, uploader_env, wait_for_job
+from uploader.harness import cli, job_status, start_process, upload, uploader_env, wait_for_job
 from uploader.synthetic import fundus_image
 
 

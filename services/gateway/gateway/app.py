@@ -7,7 +7,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from starlette.middleware.sessions import SessionMiddleware
 
-from gateway import api
+from gateway import api, catalogue
 from gateway.accounts import Accounts
 from gateway.deps import Gateway
 from gateway.reference import ReferenceData
@@ -43,6 +43,7 @@ def create_app(
         https_only=False,
     )
     app.include_router(api.router)
+    app.include_router(catalogue.router)
     for route in health_routes(is_ready):
         app.router.routes.append(route)
     return app

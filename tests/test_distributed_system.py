@@ -1,0 +1,131 @@
+"""The distributed system for real: every service its own OS process, on Kafka, MinIO and
+FerretDB (MongoDB wire protocol), with a second anonymizer sharing the work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+
+from contracts.topics import ITEM_STATUS, UPLOADS_RECEIVED
+from kit.docs_mongo import MongoDocuments
+from uploader.harness import Process, cli, start_process, upload, uploader_env, wait_for_job
+from uploader.synthetic import fundus_image
+
+pytestmark = pytest.mark.engines
+REPO = Path(__file__).resolve().parent.parent
+WORKER_SERVICES = ("zip-extractor", "pdf-parser", "anonymizer", "ingest", "job-tracker")
+
+
+@dataclass
+class Distributed:
+    env: dict[str, str]
+    gateway: Process
+    processes: dict[str, Process]
+    token: str
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def distributed(engines: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distributed]:
+    tmp = tmp_path_factory.mktemp("distributed")
+    env = uploader_env(tmp / "var", {
+        **engines.env(select_backends=True),
+        "UPLOADER_MONGO_DATABASE": "e2e_" + uuid.uuid4().hex[:8],
+    })
+    cli(["users", "create", "camp", "--role", "uploader", "--lab-unit", "city-retina-clinic",
+         "--password", "camp-pass-1"], env)
+    token = cli(["tokens", "create", "camp"], env).strip()
+    processes: dict[str, Process] = {}
+    try:
+        for name in ("gateway", *WORKER_SERVICES):
+            processes[name] = start_process(name, ["run", name], env=env, log_dir=tmp)
+        processes["anonymizer-2"] = start_process("anonymizer-2", ["run", "anonymizer"],
+                                                  env=env, log_dir=tmp)
+        yield Distributed(env=env, gateway=processes["gateway"], processes=processes,
+                          token=token, bootstrap=engines.kafka.bootstrap)
+    finally:
+        for process in processes.values():
+            process.stop()
+
+
+def processed_count(process: Process, *, service: str, topic: str) -> float:
+    metrics = httpx.get(process.url + "/metrics", timeout=5).text
+    pattern = (rf'^uploader_events_total\{{[^}}]*service="{re.escape(service)}"[^}}]*'
+               rf'topic="{re.escape(topic)}"[^}}]*outcome="processed"[^}}]*\}} (\S+)$')
+    total = 0.0
+    for line in metrics.splitlines():
+        if re.match(pattern, line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_twenty_files_through_six_processes_are_each_catalogued_exactly_once(
+    distributed: Distributed,
+) -> None:
+    files = [(f"eye{i:02}.jpg", fundus_image(size=900, seed=500 + i), "image/jpeg")
+             for i in range(20)]
+    response = upload(distributed.gateway.url, distributed.token, files)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["job_id"]
+    final = wait_for_job(distributed.gateway.url, distributed.token, job_id, timeout=240)
+    assert final["status"] == "done", final
+    assert [i["status"] for i in final["items"]] == ["completed"] * 20
+
+    async def catalogue() -> list[dict[str, Any]]:
+        docs = MongoDocuments(url=distributed.env["UPLOADER_MONGO_URL"],
+                              database=distributed.env["UPLOADER_MONGO_DATABASE"])
+        try:
+            return await docs.collection("uploads").find({"job_id": job_id})
+        finally:
+            await docs.close()
+
+    records = asyncio.run(catalogue())
+    assert len(records) == 20
+    assert {r["item_id"] for r in records} == {i["item_id"] for i in final["items"]}
+    assert len({r["md5"] for r in records}) == 20
+
+    # Both members of the anonymizer group took a share of the partitions' work.
+    shares = [processed_count(distributed.processes[name], service="anonymizer",
+                              topic=UPLOADS_RECEIVED) for name in ("anonymizer", "anonymizer-2")]
+    assert all(share > 0 for share in shares), shares
+    assert sum(shares) >= 20
+
+
+def test_an_outside_client_reads_item_status_events_that_match_the_published_schemas(
+    distributed: Distributed,
+) -> None:
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    assert kcat, "kcat is installed by `make test` (Debian package kcat)"
+    response = upload(distributed.gateway.url, distributed.token,
+                      [("kcat.jpg", fundus_image(size=400, seed=900), "image/jpeg")])
+    job_id = response.json()["job_id"]
+    wait_for_job(distributed.gateway.url, distributed.token, job_id)
+    done = subprocess.run(
+        [kcat, "-C", "-b", distributed.bootstrap, "-t", ITEM_STATUS, "-o", "beginning", "-e",
+         "-q", "-f", "%s\n"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    messages = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert len(messages) >= 4
+    schemas = {p.stem: json.loads(p.read_text()) for p in (REPO / "docs/schemas").glob("*.json")}
+    seen_types = set()
+    for message in messages:
+        schema = schemas[message["type"]]
+        errors = list(Draft202012Validator(schema).iter_errors(message))
+        assert errors == [], (message, errors[:3])
+        seen_types.add(message["type"])
+    assert seen_types == {"org.imaging-uploader.job.opened.v1",
+                          "org.imaging-uploader.item.status.v1"}
+    assert any(m["subject"] == job_id for m in messages)
