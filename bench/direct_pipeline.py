@@ -1,4 +1,4 @@
-"""200 synthetic 2866×2866 fundus JPEGs from upload to `done`, vs the same anonymize-and-store
+"""200 synthetic 2866x2866 fundus JPEGs from upload to `done`, vs the same anonymize-and-store
 work in a plain loop in one process, measured in the same run.
 
 Prints images per second for: the plain loop (baseline), the embedded system (`uploader serve`)
@@ -81,8 +81,9 @@ def distributed(work: Path, images: list[Path]) -> float:
     engines = start_all(work / "engines")
     processes: list[Process] = []
     try:
+        database = "bench_" + uuid.uuid4().hex[:6]
         env = uploader_env(work / "var", {**engines.env(select_backends=True),
-                                          "UPLOADER_MONGO_DATABASE": "bench_" + uuid.uuid4().hex[:6]})
+                                          "UPLOADER_MONGO_DATABASE": database})
         token = site(env, len(images))
         names = ["gateway", "zip-extractor", "pdf-parser", "anonymizer", "anonymizer",
                  "ingest", "job-tracker"]

@@ -15,8 +15,8 @@ from PIL import Image
 from gateway.accounts import Accounts
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from uploader.harness import FORM
 from uploader.bootstrap import WORKERS, open_platform, prepare, runner
+from uploader.harness import FORM
 from uploader.synthetic import fundus_image
 
 

@@ -92,7 +92,7 @@ def users_create(
 
     async def work(platform: Any) -> None:
         accounts = Accounts(docs=platform.docs)
-        await accounts.create_user(username=name, role=role, password=secret,  # type: ignore[arg-type]
+        await accounts.create_user(username=name, role=role, password=secret,
                                    lab_unit_ids=tuple(lab_unit or ()), upload_quota=quota)
 
     asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work))

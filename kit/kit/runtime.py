@@ -8,6 +8,7 @@ after a crash emits the very same events and downstream ledgers drop the copies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -172,8 +173,8 @@ class ServiceRunner:
             return "duplicate"
         route = self.routes[delivery.topic]
         if route.starts_item is not None and (item_id := route.starts_item(event)):
-            started = emit_status(event, item_id=item_id, status="processing", service=self.name)
-            await publish_events(self.bus, [started], source=self.name,
+            begun = emit_status(event, item_id=item_id, status="processing", service=self.name)
+            await publish_events(self.bus, [begun], source=self.name,
                                  caused_by=envelope.id + ":start")
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -197,10 +198,8 @@ class ServiceRunner:
                     return "dead_lettered"
                 EVENTS.labels(self.name, delivery.topic, "retried").inc()
                 await asyncio.sleep(self.retry_base_seconds * 2 ** (attempt - 1))
-        try:
+        with contextlib.suppress(DuplicateKey):  # a concurrent redelivery got there first
             await self.ledger.insert({"_id": ledger_id, "at": time.time()})
-        except DuplicateKey:
-            pass
         return "processed"
 
     async def _dead_letter(self, delivery: Delivery, *, reason: str, attempts: int) -> None:
