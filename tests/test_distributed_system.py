@@ -61,13 +61,13 @@ def distributed(engines: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def processed_count(process: Process, *, service: str, topic: str) -> float:
+    """The `uploader_events_total` counter of a process, for one service and topic."""
     metrics = httpx.get(process.url + "/metrics", timeout=5).text
-    pattern = (rf'^uploader_events_total\{{[^}}]*service="{re.escape(service)}"[^}}]*'
-               rf'topic="{re.escape(topic)}"[^}}]*outcome="processed"[^}}]*\}} (\S+)$')
     total = 0.0
-    for line in metrics.splitlines():
-        if re.match(pattern, line):
-            total += float(line.rsplit(" ", 1)[1])
+    for match in re.finditer(r"^uploader_events_total\{([^}]*)\} (\S+)$", metrics, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if labels == {"service": service, "topic": topic, "outcome": "processed"}:
+            total += float(match.group(2))
     return total
 
 
