@@ -21,6 +21,7 @@ from gateway.accounts import Accounts, User
 from gateway.multipart import FormPart, read_text
 from gateway.reference import ReferenceData
 from gateway.settings import GatewaySettings
+from kit import tracing
 from kit.blobs import RAW, to_ref
 from kit.ports import Documents, DuplicateKey, EventBus, ObjectStore, StoredObject
 from kit.runtime import Emit, publish_events
@@ -334,8 +335,12 @@ async def _open_job(
         emits.append(Emit(ITEM_STATUS, ItemStatusChanged(
             job_id=job_id, item_id=item.item_id, status="error" if item.reason else "queued",
             reason=item.reason, service=SERVICE)))
-    emits.extend(_received(upload, metadata))
     await publish_events(bus, emits, source=SERVICE)
+    for received in _received(upload, metadata):
+        item_id = received.event.item_id  # type: ignore[attr-defined]
+        # One trace per file, from here through every service that handles it.
+        with tracing.span("gateway receive file", job_id=upload.job_id, item_id=item_id):
+            await publish_events(bus, [received], source=SERVICE)
 
 
 def _received(upload: _Upload, metadata: DirectUploadMetadata) -> Sequence[Emit]:
