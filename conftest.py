@@ -89,3 +89,15 @@ def engines_env(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With REQUIRE_ENGINES=1 (CI), a skipped test is a failed run: nothing may quietly not run."""
+    if os.environ.get("REQUIRE_ENGINES") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        names = ", ".join(getattr(r, "nodeid", "?") for r in skipped[:10])
+        print(f"\nREQUIRE_ENGINES=1 but {len(skipped)} test(s) were skipped: {names}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
