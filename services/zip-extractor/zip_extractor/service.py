@@ -93,7 +93,8 @@ async def extract_archive(event: UploadReceived, *, store: ObjectStore) -> Seque
                         head = await asyncio.to_thread(handle.read, 2048)
                         kind, mime = classify(head)
                         stored = await store.put(
-                            RAW, f"{event.job_id}/{event.item_id}/{index}",
+                            # Every item's raw bytes live at {job}/{item}, children too.
+                            RAW, f"{event.job_id}/{child}",
                             _entry_chunks(handle, head), content_type=mime,
                         )
                     emits.append(emit_status(event, item_id=child, status="queued",
