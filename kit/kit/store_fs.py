@@ -170,6 +170,9 @@ class FilesystemObjectStore:
         digest = StreamDigest()
         file, temp = await run_blocking(_open_temp, final.parent)
         committed = False
+        # One batch is hashed and written in the worker thread while the next one is being
+        # received: the two overlap, in order, with at most two batches in memory.
+        in_flight: asyncio.Future[None] | None = None
         try:
             batch: list[bytes] = []
             batched = 0
@@ -179,11 +182,20 @@ class FilesystemObjectStore:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= _WRITE_BATCH_SIZE:
-                    await run_blocking(_write_batch, file, digest, batch)
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.ensure_future(
+                        run_blocking(_write_batch, file, digest, batch))
                     batch, batched = [], 0
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
             await run_blocking(_commit, file, digest, batch, temp, final)
             committed = True
         finally:
+            if in_flight is not None:
+                with contextlib.suppress(BaseException):
+                    await in_flight
             if not committed:
                 await run_blocking(_discard, file, temp)
         return StoredObject(
