@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
-from gateway import api, catalogue
+from gateway import admin, api, catalogue, pages
 from gateway.accounts import Accounts
+from gateway.csrf import require_csrf
 from gateway.deps import Gateway
 from gateway.reference import ReferenceData
 from gateway.settings import GatewaySettings
@@ -42,8 +44,13 @@ def create_app(
         same_site="lax",
         https_only=False,
     )
-    app.include_router(api.router)
-    app.include_router(catalogue.router)
+    # Cookie-authenticated state changes need the session's CSRF token (see csrf.py).
+    app.include_router(api.router, dependencies=[Depends(require_csrf)])
+    app.include_router(catalogue.router, dependencies=[Depends(require_csrf)])
+    app.include_router(admin.api_router)
+    app.include_router(pages.router)
+    app.include_router(admin.page_router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     for route in health_routes(is_ready):
         app.router.routes.append(route)
     return app

@@ -1,0 +1,372 @@
+"""The web pages: sign-in, direct upload, processing, results and recent jobs.
+
+Server-rendered HTML (Jinja2) with a little vanilla JavaScript; every page works from what the
+server renders, the scripts only add live updates, drag-and-drop and in-page error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
+
+from gateway.accounts import User
+from gateway.api import audit_of, run_direct_upload
+from gateway.csrf import (
+    CSRF_FAILED,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    csrf_token,
+    new_csrf_token,
+    token_matches,
+)
+from gateway.deps import SESSION_USER, Gateway, GatewayDep, OptionalUser
+from gateway.direct_upload import FormRejected, receive_direct_upload
+from gateway.jobs import job_view, recent_jobs
+from gateway.multipart import FormPart, MalformedForm, read_parts, read_text
+
+__all__ = [
+    "STATIC_DIR",
+    "flash",
+    "login_redirect",
+    "render",
+    "render_error",
+    "router",
+    "wants_json",
+]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+HOME = "/direct/upload"
+WRONG_PASSWORD = "Incorrect username or password."
+SIGNED_OUT = "You have signed out."
+SESSION_ENDED = "Your session has ended. Please sign in again."
+_FLASH_KEY = "flash"
+
+STATUS_LABELS = {"queued": "Queued", "processing": "Processing", "done": "Completed",
+                 "completed": "Completed", "error": "Error"}
+ROLE_LABELS = {"uploader": "Uploader", "data_manager": "Data manager", "admin": "Administrator"}
+
+router = APIRouter(include_in_schema=False)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+@cache
+def _static_version(name: str, mtime_ns: int) -> str:
+    return hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest()[:10]
+
+
+def static_url(name: str) -> str:
+    """`/static/NAME?v=HASH`: a new release's CSS and scripts are never served from a stale
+    browser cache."""
+    path = STATIC_DIR / name
+    try:
+        version = _static_version(name, path.stat().st_mtime_ns)
+    except OSError:
+        version = "0"
+    return f"/static/{name}?v={version}"
+
+
+def _when(value: str | None) -> Markup:
+    """A timestamp as `<time>`: UTC from the server, turned into local time by app.js."""
+    if not value:
+        return Markup('<span class="muted">—</span>')
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return Markup(escape(value))
+    text = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Markup('<time datetime="{}">{}</time>').format(value, text)
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "—"
+    if value < 1024:
+        return f"{value} B"
+    if value < 1024 * 1024:
+        return f"{value / 1024:.0f} KB"
+    return f"{value / (1024 * 1024):.1f} MB"
+
+
+def _status_label(status: str | None) -> str:
+    return STATUS_LABELS.get(status or "", (status or "unknown").capitalize())
+
+
+@cache
+def _templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    env = templates.env
+    env.globals.update(static_url=static_url, ROLE_LABELS=ROLE_LABELS, CSRF_FIELD=CSRF_FIELD)
+    env.filters.update(when=_when, filesize=_size, status_label=_status_label)
+    env.trim_blocks = env.lstrip_blocks = True
+    return templates
+
+
+def flash(request: Request, text: str, *, kind: str = "success") -> None:
+    """A message shown once, on the next page this browser renders."""
+    session = request.scope.setdefault("session", {})
+    session[_FLASH_KEY] = [*session.get(_FLASH_KEY, []), {"kind": kind, "text": text}]
+
+
+def render(request: Request, name: str, context: Mapping[str, Any] | None = None, *,
+           user: User | None, status_code: int = 200) -> HTMLResponse:
+    session = request.scope.setdefault("session", {})
+    flashes = session.pop(_FLASH_KEY, [])
+    response: HTMLResponse = _templates().TemplateResponse(
+        request, name,
+        {"user": user, "csrf_token": csrf_token(request), "flashes": flashes,
+         **(context or {})},
+        status_code=status_code,
+        headers={"Cache-Control": "no-store"},
+    )
+    return response
+
+
+def render_error(request: Request, *, user: User | None, title: str, message: str,
+                 status_code: int) -> HTMLResponse:
+    return render(request, "error.html", {"title": title, "message": message}, user=user,
+                  status_code=status_code)
+
+
+def login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='')}", status.HTTP_303_SEE_OTHER)
+
+
+def wants_json(request: Request) -> bool:
+    if request.query_params.get("format") == "json":
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: a crafted link must not send people elsewhere after sign-in."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return HOME
+    return target
+
+
+# --- sign-in --------------------------------------------------------------------------------
+
+
+@router.get("/")
+async def home(user: OptionalUser) -> RedirectResponse:
+    return RedirectResponse(HOME if user else "/login", status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/login", response_model=None)
+async def login_page(request: Request, user: OptionalUser, next: str | None = None
+                     ) -> Response:
+    if user is not None:
+        return RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
+    return render(request, "login.html", {"next": _safe_next(next), "username": ""}, user=None)
+
+
+@router.post("/login")
+async def login(request: Request, gateway: GatewayDep) -> Response:
+    form = await request.form()
+    username = str(form.get("username") or "").strip()
+    password = str(form.get("password") or "")
+    target = _safe_next(str(form.get("next") or ""))
+    context = {"next": target, "username": username}
+    sent = form.get(CSRF_FIELD)
+    if not token_matches(request, sent if isinstance(sent, str) else None):
+        new_csrf_token(request)
+        return render(request, "login.html", {**context, "error": CSRF_FAILED}, user=None,
+                      status_code=status.HTTP_403_FORBIDDEN)
+    if not username or not password:
+        return render(request, "login.html",
+                      {**context, "error": "Please enter your username and password."},
+                      user=None, status_code=status.HTTP_400_BAD_REQUEST)
+    user = await gateway.accounts.authenticate(username, password)
+    if user is None:
+        return render(request, "login.html", {**context, "error": WRONG_PASSWORD}, user=None,
+                      status_code=status.HTTP_401_UNAUTHORIZED)
+    request.session.clear()  # nothing from before sign-in carries over (session fixation)
+    request.session[SESSION_USER] = user.username
+    new_csrf_token(request)
+    return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/logout")
+async def logout(request: Request, user: OptionalUser) -> Response:
+    form = await request.form()
+    sent = form.get(CSRF_FIELD)
+    if user is not None and not token_matches(request, sent if isinstance(sent, str) else None):
+        return render_error(request, user=user, title="Please try again", message=CSRF_FAILED,
+                            status_code=status.HTTP_403_FORBIDDEN)
+    request.session.clear()
+    new_csrf_token(request)
+    flash(request, SIGNED_OUT)
+    return RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/session/csrf", response_model=None)
+async def session_csrf(request: Request, user: OptionalUser) -> JSONResponse:
+    """The session's current CSRF token, for a page that has been open a long time (the user
+    may have signed in again in another tab since). Other sites cannot read the answer."""
+    if user is None:
+        return JSONResponse({"detail": SESSION_ENDED}, status.HTTP_401_UNAUTHORIZED,
+                            headers={"Cache-Control": "no-store"})
+    return JSONResponse({"csrf_token": csrf_token(request)},
+                        headers={"Cache-Control": "no-store"})
+
+
+# --- direct upload --------------------------------------------------------------------------
+
+
+async def _upload_form_context(gateway: Gateway, user: User) -> dict[str, Any]:
+    reference = await gateway.reference.all()
+    lab_units = [u for u in reference["lab_units"] if user.may_use_lab_unit(u["id"])]
+    usable_hospitals = {u["hospital_id"] for u in lab_units}
+    hospitals = [h for h in reference["hospitals"]
+                 if user.is_admin or h["id"] in usable_hospitals]
+    settings = gateway.settings
+    quota = user.quota(settings.max_files_per_upload)
+    return {
+        "hospitals": hospitals,
+        "lab_units": lab_units,
+        "cameras": reference["cameras"],
+        "diseases": reference["diseases"],
+        "areas": reference["areas"],
+        "limits": {
+            "max_bytes": settings.direct_upload_max_bytes,
+            "max_size_label": settings.max_size_label,
+            "max_files": settings.direct_upload_max_files,
+            "quota": quota,
+            "used": user.file_upload_count,
+            "remaining": max(0, quota - user.file_upload_count),
+        },
+    }
+
+
+@router.get("/direct/upload", response_model=None)
+async def upload_page(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    if user is None:
+        return login_redirect(request)
+    context = await _upload_form_context(gateway, user)
+    return render(request, "upload.html", {**context, "values": {}}, user=user)
+
+
+class _CsrfMissing(Exception):
+    pass
+
+
+async def _after_csrf_field(request: Request) -> AsyncIterator[FormPart]:
+    """The parts of a form posted without JavaScript: its first part must be the CSRF field
+    (the template puts it first), checked before any file byte is read."""
+    parts = read_parts(request.headers.get("content-type", ""), request.stream())
+    first = await anext(parts, None)
+    if first is None or first.name != CSRF_FIELD or first.is_file:
+        raise _CsrfMissing
+    if not token_matches(request, await read_text(first)):
+        raise _CsrfMissing
+
+    async def rest() -> AsyncIterator[FormPart]:
+        async for part in parts:
+            yield part
+
+    return rest()
+
+
+@router.post("/direct/upload", response_model=None)
+async def upload(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    """The upload page's form. With JavaScript: the CSRF header, a JSON answer, and the page
+    shows any error itself. Without: the CSRF field first, then a redirect or the page again."""
+    if CSRF_HEADER.lower() in request.headers:
+        if user is None:
+            return JSONResponse({"detail": SESSION_ENDED}, status.HTTP_401_UNAUTHORIZED)
+        if not token_matches(request, request.headers[CSRF_HEADER]):
+            return JSONResponse({"detail": CSRF_FAILED}, status.HTTP_403_FORBIDDEN)
+        result = await run_direct_upload(request, gateway, user)
+        return JSONResponse(result, status.HTTP_201_CREATED)
+    if user is None:
+        return login_redirect(request)
+    error: str
+    status_code: int
+    try:
+        parts = await _after_csrf_field(request)
+        received = await receive_direct_upload(
+            parts, user=user, audit=audit_of(request), settings=gateway.settings,
+            store=gateway.store, docs=gateway.docs, bus=gateway.bus,
+            accounts=gateway.accounts, reference=gateway.reference,
+        )
+    except _CsrfMissing:
+        error, status_code = CSRF_FAILED, status.HTTP_403_FORBIDDEN
+    except FormRejected as rejected:
+        error, status_code = rejected.message, rejected.status_code
+    except MalformedForm as malformed:
+        error, status_code = str(malformed), status.HTTP_400_BAD_REQUEST
+    else:
+        return RedirectResponse(f"/direct/upload/processing/{received.job_id}",
+                                status.HTTP_303_SEE_OTHER)
+    fresh = await gateway.accounts.get(user.username) or user
+    context = await _upload_form_context(gateway, fresh)
+    return render(request, "upload.html", {**context, "error": error, "values": {}},
+                  user=fresh, status_code=status_code)
+
+
+# --- one job --------------------------------------------------------------------------------
+
+
+async def _job_page(request: Request, gateway: Gateway, user: User | None, job_id: str,
+                    template: str) -> Response:
+    if user is None:
+        return login_redirect(request)
+    view = await job_view(job_id, docs=gateway.docs, include_ip=user.is_admin)
+    if view is None:
+        return render_error(
+            request, user=user, title="Upload job not found",
+            message="There is no upload job with this token. Please check the link, or find "
+                    "the job in Recent Jobs.",
+            status_code=status.HTTP_404_NOT_FOUND)
+    reference = await gateway.reference.all()
+    names = {kind: {i["id"]: i["name"] for i in items} for kind, items in reference.items()}
+    return render(request, template, {"job": view, "names": names}, user=user)
+
+
+@router.get("/direct/upload/processing/{job_id}", response_model=None)
+async def processing_page(request: Request, job_id: str, gateway: GatewayDep,
+                          user: OptionalUser) -> Response:
+    return await _job_page(request, gateway, user, job_id, "processing.html")
+
+
+@router.get("/direct/upload/results/{job_id}", response_model=None)
+async def results_page(request: Request, job_id: str, gateway: GatewayDep,
+                       user: OptionalUser) -> Response:
+    return await _job_page(request, gateway, user, job_id, "results.html")
+
+
+# --- recent jobs ----------------------------------------------------------------------------
+
+
+@router.get("/jobs", response_model=None)
+async def jobs_page(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    as_json = wants_json(request)
+    if user is None:
+        if as_json:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Please sign in",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return login_redirect(request)
+    jobs = await recent_jobs(docs=gateway.docs, limit=gateway.settings.recent_jobs_limit,
+                             include_ip=user.is_admin)
+    if as_json:
+        return JSONResponse({"jobs": jobs}, headers={"Cache-Control": "no-store", "Vary": "Accept"})
+    response = render(request, "jobs.html",
+                      {"jobs": jobs, "limit": gateway.settings.recent_jobs_limit}, user=user)
+    response.headers["Vary"] = "Accept"
+    return response
