@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,20 @@ async def ensure_first_admin(docs: Documents, announce: Callable[[str], None]) -
     )
 
 
+def session_secret(settings: GatewaySettings) -> str:
+    """The configured secret, else one made on first start and kept in the data folder (so
+    sign-ins survive restarts of a one-machine site)."""
+    if settings.session_secret:
+        return settings.session_secret
+    path = settings.data_dir / "session-secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 async def serve(
     settings: GatewaySettings,
     *,
@@ -162,6 +177,8 @@ async def serve(
         def is_ready() -> bool:
             return all(r.ready.is_set() for r in runners) and not any(t.done() for t in tasks)
 
+        if "gateway" in services:
+            settings = settings.model_copy(update={"session_secret": session_secret(settings)})
         app = (
             create_app(settings=settings, bus=platform.bus, store=platform.store,
                        docs=platform.docs, is_ready=is_ready)

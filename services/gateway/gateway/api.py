@@ -69,9 +69,8 @@ async def job_status(job_id: str, gateway: GatewayDep, user: CurrentUser) -> JSO
 
 @router.get("/jobs")
 async def jobs(gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
-    return {"jobs": await recent_jobs(docs=gateway.docs,
-                                      limit=gateway.settings.recent_jobs_limit,
-                                      include_ip=user.is_admin)}
+    return {"jobs": await recent_jobs(docs=gateway.docs, viewer=user,
+                                      limit=gateway.settings.recent_jobs_limit)}
 
 
 @router.get("/reference")

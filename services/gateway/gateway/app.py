@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 from fastapi import Depends, FastAPI
@@ -39,10 +40,13 @@ def create_app(
     )
     app.add_middleware(
         SessionMiddleware,
-        secret_key=settings.session_secret or "dev-only-not-secret",
+        # Never a known default: anyone knowing the key could sign a cookie as an admin. The
+        # composition root passes a persistent one; without it, sessions last one process.
+        secret_key=settings.session_secret or secrets.token_urlsafe(32),
         session_cookie="uploader_session",
+        max_age=settings.session_hours * 3600,  # shared ward computers: a working day
         same_site="lax",
-        https_only=False,
+        https_only=settings.session_https_only,
     )
     # Cookie-authenticated state changes need the session's CSRF token (see csrf.py).
     app.include_router(api.router, dependencies=[Depends(require_csrf)])

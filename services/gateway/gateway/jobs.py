@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.accounts import User
 from kit.ports import Documents
 
 __all__ = ["JOBS", "STATUS", "job_view", "recent_jobs"]
@@ -84,12 +85,16 @@ async def job_view(job_id: str, *, docs: Documents, include_ip: bool) -> dict[st
     return _merge(job, status, include_ip=include_ip)
 
 
-async def recent_jobs(*, docs: Documents, limit: int = 100, include_ip: bool = False
+async def recent_jobs(*, docs: Documents, viewer: User, limit: int = 100
                       ) -> list[dict[str, Any]]:
-    jobs = await docs.collection(JOBS).find(sort=[("created_at", -1)], limit=limit)
+    """The most recent jobs the viewer may list: uploaders see their own (the list shows job
+    tokens, and a token opens a job); data managers and admins see everyone's."""
+    where = {} if viewer.role in ("admin", "data_manager") else {"uploader": viewer.username}
+    jobs = await docs.collection(JOBS).find(where, sort=[("created_at", -1)], limit=limit)
     out = []
     for job in jobs:
-        view = _merge(job, await docs.collection(STATUS).get(job["_id"]), include_ip=include_ip)
+        view = _merge(job, await docs.collection(STATUS).get(job["_id"]),
+                      include_ip=viewer.is_admin)
         view.pop("items")
         out.append(view)
     return out

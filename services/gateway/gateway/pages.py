@@ -362,8 +362,8 @@ async def jobs_page(request: Request, gateway: GatewayDep, user: OptionalUser) -
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Please sign in",
                                 headers={"WWW-Authenticate": "Bearer"})
         return login_redirect(request)
-    jobs = await recent_jobs(docs=gateway.docs, limit=gateway.settings.recent_jobs_limit,
-                             include_ip=user.is_admin)
+    jobs = await recent_jobs(docs=gateway.docs, viewer=user,
+                             limit=gateway.settings.recent_jobs_limit)
     if as_json:
         return JSONResponse({"jobs": jobs}, headers={"Cache-Control": "no-store", "Vary": "Accept"})
     response = render(request, "jobs.html",

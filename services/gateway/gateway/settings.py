@@ -28,6 +28,8 @@ class GatewaySettings(PlatformSettings):
         default=64 * 1024 * 1024, ge=1, validation_alias=_limit("PER_FILE_MAX_BYTES")
     )
     session_secret: str = ""
+    session_hours: int = Field(default=12, ge=1)
+    session_https_only: bool = False
     recent_jobs_limit: int = 100
 
     @property

@@ -207,3 +207,13 @@ async def test_reference_data_lists_every_kind_with_ids(site: Any) -> None:
     assert set(body) == {"hospitals", "lab_units", "cameras", "diseases", "areas"}
     assert {d["name"] for d in body["diseases"]} == {"DR", "Glaucoma", "AMD"}
     assert all("hospital_id" in u for u in body["lab_units"])
+
+
+async def test_uploaders_list_their_own_jobs_and_admins_everyones(site: Any) -> None:
+    mine = (await post(site, "camp", [jpeg(30)])).json()["job_id"]
+    theirs = (await post(site, "small", [jpeg(31)])).json()["job_id"]
+    listed = (await site.client.get("/api/jobs", headers=site.auth("camp"))).json()["jobs"]
+    assert [j["job_id"] for j in listed] == [mine]
+    everyone = (await site.client.get("/api/jobs", headers=site.auth("boss"))).json()["jobs"]
+    assert {j["job_id"] for j in everyone} == {mine, theirs}
+    assert all("ip" in j for j in everyone)
