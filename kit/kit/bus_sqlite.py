@@ -1,0 +1,625 @@
+"""Event bus on one SQLite file: the embedded adapter for single-machine sites.
+
+A durable, Kafka-shaped log: topics with partitions, per-partition offsets, consumer groups
+with committed offsets that survive restarts. Several processes may open the same file (WAL
+mode, `BEGIN IMMEDIATE` for every write, a busy timeout).
+
+Consumer groups: every member registers in `group_members` with a lease it renews while alive;
+each (topic, partition) of a group has at most one owner in `partition_owners`. A member claims
+the partitions a deterministic assignment over the live members gives it, but only once their
+previous owner has released them, and it releases partitions only when it calls `fetch` again or
+closes, i.e. after the batch it was handed is done. So two members of one group never hold the
+same partition at once and a record is handed to one member at a time (a member whose lease
+ran out, e.g. a process frozen longer than the lease, loses its partitions: at-least-once).
+A member whose process is gone (same host and PID namespace, PID not running) is reaped at once,
+so a restarted process does not wait out the lease of its crashed predecessor.
+
+Every sqlite call runs on one worker thread per bus, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from kit.ports import Delivery, KitError, Message
+from kit.tracing import inject
+
+__all__ = ["SqliteEventBus"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TopicPartition = tuple[str, int]
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY,
+    partitions INTEGER NOT NULL CHECK (partitions > 0)
+);
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    record_offset INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    published_at REAL NOT NULL,
+    PRIMARY KEY (topic, partition_id, record_offset)
+);
+CREATE TABLE IF NOT EXISTS committed_offsets (
+    group_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (group_id, topic, partition_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    topics TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    joined_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS partition_owners (
+    group_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    member_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, topic, partition_id)
+) WITHOUT ROWID;
+"""
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Stable across processes and Python runs (unlike `hash()`)."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+@contextlib.contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
+    # writes can fail with SQLITE_BUSY without the busy handler being given a chance.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _host_identity() -> str:
+    """Which processes we can check for liveness: same host name AND same PID namespace."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}|{namespace}"
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, it is just not ours
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class _Member:
+    member_id: str
+    topics: frozenset[str]
+    host: str
+    pid: int
+    joined_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    reap: list[str]
+    release: set[TopicPartition]
+    claim: set[TopicPartition]
+    is_idle: bool
+    owned: dict[TopicPartition, int]
+
+
+class SqliteEventBus:
+    """`EventBus` on one SQLite file. The file and its folder are created on first use."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        poll_interval: float = 0.1,
+        lease_seconds: float = 30.0,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self._path = path
+        self._poll_interval = poll_interval
+        self._lease_seconds = lease_seconds
+        self._busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._wakeups: set[asyncio.Event] = set()
+        self._consumers: set[SqliteConsumer] = set()
+        self._closed = False
+        self._host = ""
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # --- EventBus ----------------------------------------------------------------------------
+
+    async def publish(self, topic: str, message: Message) -> None:
+        headers = json.dumps(inject(message.headers), separators=(",", ":"), sort_keys=True)
+        await self._run(self._insert_record, topic, message.key, message.value, headers)
+        for wakeup in self._wakeups:
+            wakeup.set()
+
+    def consumer(self, *, group: str, topics: Sequence[str]) -> SqliteConsumer:
+        self._check_open()
+        if not topics:
+            raise ValueError("a consumer needs at least one topic")
+        consumer = SqliteConsumer(bus=self, group=group, topics=tuple(dict.fromkeys(topics)))
+        self._consumers.add(consumer)
+        return consumer
+
+    async def ensure_topics(self, topics: Mapping[str, int]) -> None:
+        for name, partitions in topics.items():
+            if partitions < 1:
+                raise ValueError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
+        await self._run(self._create_topics, dict(topics))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        for consumer in list(self._consumers):
+            await consumer.close()
+        self._closed = True
+        executor = self._executor
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_connection)
+            executor.shutdown(wait=False)
+            self._executor = None
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KitError("the event bus is closed")
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(connection, *args)` on the bus's single sqlite thread."""
+        self._check_open()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-bus")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, args)
+
+    def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        return fn(self._connection(), *args)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # only ever used on the one worker thread
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: an acknowledged publish or commit survives a power cut too.
+                conn.execute("PRAGMA synchronous = FULL")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > _SCHEMA_VERSION:
+                    raise KitError(
+                        f"{self._path} has event-log schema {version}; this version of the "
+                        f"software understands up to {_SCHEMA_VERSION}"
+                    )
+                if version < _SCHEMA_VERSION:
+                    with _write_transaction(conn):
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            self._host = _host_identity()
+        return self._conn
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- sqlite work (runs on the worker thread) ---------------------------------------------
+
+    @staticmethod
+    def _insert_record(
+        conn: sqlite3.Connection, topic: str, key: str, value: bytes, headers: str
+    ) -> None:
+        with _write_transaction(conn):
+            # Like Kafka with auto-creation on: an unknown topic gets one partition.
+            conn.execute("INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, 1)", (topic,))
+            (partitions,) = conn.execute(
+                "SELECT partitions FROM topics WHERE name = ?", (topic,)
+            ).fetchone()
+            partition = partition_for(key, partitions)
+            (offset,) = conn.execute(
+                "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM records"
+                " WHERE topic = ? AND partition_id = ?",
+                (topic, partition),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO records"
+                " (topic, partition_id, record_offset, key, value, headers, published_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (topic, partition, offset, key, value, headers, time.time()),
+            )
+
+    @staticmethod
+    def _create_topics(conn: sqlite3.Connection, topics: dict[str, int]) -> None:
+        with _write_transaction(conn):
+            conn.executemany(
+                "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)", topics.items()
+            )
+
+    def _sync_membership(
+        self, conn: sqlite3.Connection, group: str, member_id: str, topics: tuple[str, ...]
+    ) -> dict[TopicPartition, int]:
+        """Renew our lease, reap dead members, hand back partitions that are no longer ours
+        and claim free ones that are. Returns what we own with its committed offsets.
+
+        Planned in a read transaction first: when nothing changes (the usual case for an idle
+        member polling) no write, and so no fsync, happens at all.
+        """
+        conn.execute("BEGIN")
+        try:
+            plan = self._plan(conn, group, member_id, time.time())
+        finally:
+            conn.execute("COMMIT")
+        if plan.is_idle:
+            return plan.owned
+        with _write_transaction(conn):
+            now = time.time()
+            conn.execute(
+                "INSERT INTO group_members"
+                " (group_id, member_id, topics, host, pid, joined_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (group_id, member_id) DO UPDATE SET expires_at = excluded.expires_at",
+                (
+                    group,
+                    member_id,
+                    json.dumps(topics),
+                    self._host,
+                    os.getpid(),
+                    now,
+                    now + self._lease_seconds,
+                ),
+            )
+            plan = self._plan(conn, group, member_id, now)  # again, now under the write lock
+            for gone in plan.reap:
+                log.info("consumer group %s: reaping member %s", group, gone)
+                conn.execute(
+                    "DELETE FROM group_members WHERE group_id = ? AND member_id = ?",
+                    (group, gone),
+                )
+                conn.execute(
+                    "DELETE FROM partition_owners WHERE group_id = ? AND member_id = ?",
+                    (group, gone),
+                )
+            conn.executemany(
+                "DELETE FROM partition_owners"
+                " WHERE group_id = ? AND topic = ? AND partition_id = ? AND member_id = ?",
+                [(group, topic, partition, member_id) for topic, partition in plan.release],
+            )
+            conn.executemany(
+                "INSERT INTO partition_owners (group_id, topic, partition_id, member_id)"
+                " VALUES (?, ?, ?, ?)",
+                [(group, topic, partition, member_id) for topic, partition in plan.claim],
+            )
+            return self._owned(conn, group, member_id)
+
+    def _plan(self, conn: sqlite3.Connection, group: str, member_id: str, now: float) -> _Plan:
+        members = [
+            _Member(row[0], frozenset(json.loads(row[1])), row[2], row[3], row[4], row[5])
+            for row in conn.execute(
+                "SELECT member_id, topics, host, pid, joined_at, expires_at"
+                " FROM group_members WHERE group_id = ?",
+                (group,),
+            )
+        ]
+        me = next((member for member in members if member.member_id == member_id), None)
+        reap: list[str] = []
+        live: list[_Member] = []
+        for member in members:
+            if member.member_id == member_id:
+                live.append(member)
+            elif member.expires_at < now or (
+                member.host == self._host and not _process_alive(member.pid)
+            ):
+                reap.append(member.member_id)
+            else:
+                live.append(member)
+        owners: dict[TopicPartition, str] = {
+            (topic, partition): owner
+            for topic, partition, owner in conn.execute(
+                "SELECT topic, partition_id, member_id FROM partition_owners WHERE group_id = ?",
+                (group,),
+            )
+            if owner not in reap
+        }
+        wanted = _assignment(conn, live).get(member_id, set()) if me is not None else set()
+        release = {tp for tp, owner in owners.items() if owner == member_id and tp not in wanted}
+        claim = {tp for tp in wanted if tp not in owners}
+        renew_due = me is None or me.expires_at - now < self._lease_seconds * 2 / 3
+        return _Plan(
+            reap=reap,
+            release=release,
+            claim=claim,
+            is_idle=not (reap or release or claim or renew_due),
+            owned=self._owned(conn, group, member_id),
+        )
+
+    @staticmethod
+    def _owned(conn: sqlite3.Connection, group: str, member_id: str) -> dict[TopicPartition, int]:
+        return {
+            (topic, partition): committed
+            for topic, partition, committed in conn.execute(
+                "SELECT o.topic, o.partition_id, COALESCE(c.next_offset, 0)"
+                " FROM partition_owners AS o LEFT JOIN committed_offsets AS c"
+                " ON c.group_id = o.group_id AND c.topic = o.topic"
+                " AND c.partition_id = o.partition_id"
+                " WHERE o.group_id = ? AND o.member_id = ?",
+                (group, member_id),
+            )
+        }
+
+    def _renew_lease(self, conn: sqlite3.Connection, group: str, member_id: str) -> None:
+        with _write_transaction(conn):
+            conn.execute(
+                "UPDATE group_members SET expires_at = ? WHERE group_id = ? AND member_id = ?",
+                (time.time() + self._lease_seconds, group, member_id),
+            )
+
+    @staticmethod
+    def _leave_group(conn: sqlite3.Connection, group: str, member_id: str) -> None:
+        with _write_transaction(conn):
+            conn.execute(
+                "DELETE FROM partition_owners WHERE group_id = ? AND member_id = ?",
+                (group, member_id),
+            )
+            conn.execute(
+                "DELETE FROM group_members WHERE group_id = ? AND member_id = ?",
+                (group, member_id),
+            )
+
+    @staticmethod
+    def _read_records(
+        conn: sqlite3.Connection,
+        group: str,
+        member_id: str,
+        positions: list[tuple[str, int, int]],
+        max_records: int,
+    ) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        # One read transaction: a consistent snapshot across partitions.
+        conn.execute("BEGIN")
+        try:
+            for topic, partition, position in positions:
+                remaining = max_records - len(deliveries)
+                if remaining <= 0:
+                    break
+                # Only the partition's current owner is handed its records: a member whose
+                # lease was taken over stops receiving at once, not at its next sync.
+                rows = conn.execute(
+                    "SELECT record_offset, key, value, headers FROM records"
+                    " WHERE topic = ? AND partition_id = ? AND record_offset >= ?"
+                    " AND EXISTS (SELECT 1 FROM partition_owners WHERE group_id = ?"
+                    " AND topic = ? AND partition_id = ? AND member_id = ?)"
+                    " ORDER BY record_offset LIMIT ?",
+                    (topic, partition, position, group, topic, partition, member_id, remaining),
+                ).fetchall()
+                deliveries.extend(
+                    Delivery(
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        message=Message(key=key, value=bytes(value), headers=json.loads(headers)),
+                    )
+                    for offset, key, value, headers in rows
+                )
+        finally:
+            conn.execute("COMMIT")
+        return deliveries
+
+    @staticmethod
+    def _commit_offset(
+        conn: sqlite3.Connection, group: str, topic: str, partition: int, next_offset: int
+    ) -> None:
+        with _write_transaction(conn):
+            # Never backwards: a late commit of an older delivery must not undo a newer one.
+            conn.execute(
+                "INSERT INTO committed_offsets (group_id, topic, partition_id, next_offset)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (group_id, topic, partition_id)"
+                " DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+                (group, topic, partition, next_offset),
+            )
+
+
+def _assignment(conn: sqlite3.Connection, live: list[_Member]) -> dict[str, set[TopicPartition]]:
+    """Which member should own which partition: the same answer in every process.
+
+    Partitions in (topic, partition) order each go to the least-loaded live member subscribed to
+    their topic; ties go to the member that joined first, so partitions stay put when a member
+    joins or leaves as far as balance allows.
+    """
+    order = sorted(live, key=lambda m: (m.joined_at, m.member_id))
+    topics = sorted({topic for member in order for topic in member.topics})
+    counts = dict(
+        conn.execute(
+            f"SELECT name, partitions FROM topics WHERE name IN ({','.join('?' * len(topics))})",
+            topics,
+        ).fetchall()
+    )
+    load = {member.member_id: 0 for member in order}
+    assignment: dict[str, set[TopicPartition]] = {member.member_id: set() for member in order}
+    for topic in topics:
+        eligible = [member for member in order if topic in member.topics]
+        for partition in range(counts.get(topic, 0)):
+            chosen = min(eligible, key=lambda m: load[m.member_id])  # min is stable: first wins
+            assignment[chosen.member_id].add((topic, partition))
+            load[chosen.member_id] += 1
+    return assignment
+
+
+class SqliteConsumer:
+    """One member of a consumer group on a `SqliteEventBus`. Made by `SqliteEventBus.consumer`."""
+
+    _SYNC_SECONDS = 0.5
+
+    def __init__(self, *, bus: SqliteEventBus, group: str, topics: tuple[str, ...]) -> None:
+        self._bus = bus
+        self._group = group
+        self._topics = topics
+        self._member_id = uuid.uuid4().hex
+        self._positions: dict[TopicPartition, int] = {}
+        self._last_sync = -1e9
+        self._joined = False
+        self._closed = False
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._rotation = 0
+
+    # The port's signature: `timeout` bounds the long poll (ASYNC109 wants asyncio.timeout).
+    async def fetch(
+        self,
+        *,
+        max_records: int = 50,
+        timeout: float = 1.0,  # noqa: ASYNC109
+    ) -> Sequence[Delivery]:
+        if self._closed:
+            raise KitError("the consumer is closed")
+        if max_records < 1:
+            raise ValueError("max_records must be >= 1")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        self._start_heartbeat()
+        while True:
+            if loop.time() - self._last_sync >= self._SYNC_SECONDS:
+                await self._sync()
+            wakeup = asyncio.Event()
+            # Registered before reading so a publish between the read and the wait still wakes us.
+            self._bus._wakeups.add(wakeup)
+            try:
+                deliveries = await self._bus._run(
+                    self._bus._read_records,
+                    self._group,
+                    self._member_id,
+                    self._ordered_positions(),
+                    max_records,
+                )
+                if deliveries:
+                    for delivery in deliveries:
+                        self._positions[(delivery.topic, delivery.partition)] = delivery.offset + 1
+                    return deliveries
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, self._bus._poll_interval)):
+                        await wakeup.wait()
+            finally:
+                self._bus._wakeups.discard(wakeup)
+
+    async def commit(self, delivery: Delivery) -> None:
+        if self._closed:
+            raise KitError("the consumer is closed")
+        await self._bus._run(
+            self._bus._commit_offset,
+            self._group,
+            delivery.topic,
+            delivery.partition,
+            delivery.offset + 1,
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        try:
+            if self._joined and not self._bus._closed:
+                await self._bus._run(self._bus._leave_group, self._group, self._member_id)
+        finally:
+            self._bus._consumers.discard(self)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        self._joined = True
+        owned = await self._bus._run(
+            self._bus._sync_membership, self._group, self._member_id, self._topics
+        )
+        self._last_sync = asyncio.get_running_loop().time()
+        # Partitions we keep continue where we are; new ones start at the committed offset.
+        self._positions = {
+            tp: self._positions.get(tp, committed) for tp, committed in owned.items()
+        }
+
+    def _ordered_positions(self) -> list[tuple[str, int, int]]:
+        # Start at a different partition each time so one busy partition cannot starve others.
+        items = sorted(self._positions.items())
+        if items:
+            self._rotation = (self._rotation + 1) % len(items)
+            items = items[self._rotation :] + items[: self._rotation]
+        return [(topic, partition, position) for (topic, partition), position in items]
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._keep_lease(), name=f"sqlite-bus heartbeat {self._group}"
+            )
+
+    async def _keep_lease(self) -> None:
+        # Keeps the lease while the caller is busy with a batch between fetches.
+        interval = self._bus._lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._bus._run(self._bus._renew_lease, self._group, self._member_id)
+            except Exception:
+                log.warning("consumer group %s: lease renewal failed", self._group, exc_info=True)
