@@ -14,6 +14,7 @@ Java client only rebalances inside `poll()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -201,13 +202,7 @@ class KafkaConsumer:
         self._committed: dict[tuple[str, int], int] = {}
         self._closed = False
 
-    # The port's signature: `timeout` bounds the long poll (ASYNC109 wants asyncio.timeout).
-    async def fetch(
-        self,
-        *,
-        max_records: int = 50,
-        timeout: float = 1.0,  # noqa: ASYNC109
-    ) -> Sequence[Delivery]:
+    async def fetch(self, *, max_records: int = 50, timeout: float = 1.0) -> Sequence[Delivery]:
         if self._closed:
             raise KitError("the consumer is closed")
         if max_records < 1:
@@ -215,9 +210,15 @@ class KafkaConsumer:
         # Coming back to fetch means the previous batch is done: a pending rebalance may go on.
         self._idle.set()
         consumer = await self._started()
-        batches = await consumer.getmany(
-            timeout_ms=max(0, int(timeout * 1000)), max_records=max_records
-        )
+        batches: dict[Any, list[Any]] = {}
+        # getmany ignores its timeout while the group rebalances (it waits for the new
+        # assignment, which may wait for another member's batch): bound it ourselves.
+        # Cancelling it there is safe: records are taken from its buffer only on return.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(timeout, 0.0) + 0.05):
+                batches = await consumer.getmany(
+                    timeout_ms=max(0, int(timeout * 1000)), max_records=max_records
+                )
         deliveries = [
             Delivery(
                 topic=record.topic,

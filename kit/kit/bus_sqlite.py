@@ -525,7 +525,7 @@ class SqliteConsumer:
         self,
         *,
         max_records: int = 50,
-        timeout: float = 1.0,  # noqa: ASYNC109
+        timeout: float = 1.0,
     ) -> Sequence[Delivery]:
         if self._closed:
             raise KitError("the consumer is closed")
