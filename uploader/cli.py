@@ -124,7 +124,8 @@ def dlq_replay(topic: str, bus: BusOpt = None, data_dir: DataOpt = None) -> None
 
 
 @app.command()
-def docs(out: Path = Path("docs")) -> None:
+def docs(out: Annotated[Path, typer.Argument(help="folder to write into")] = Path("docs")
+         ) -> None:
     """Write the events' JSON Schemas and the AsyncAPI document."""
     from contracts.docs import write_docs
 
