@@ -14,7 +14,6 @@ Java client only rebalances inside `poll()`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from aiokafka import (  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
     CommitFailedError,
+    ConsumerStoppedError,
     IllegalStateError,
     TopicAlreadyExistsError,
     for_code,
@@ -214,11 +214,17 @@ class KafkaConsumer:
         # getmany ignores its timeout while the group rebalances (it waits for the new
         # assignment, which may wait for another member's batch): bound it ourselves.
         # Cancelling it there is safe: records are taken from its buffer only on return.
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(max(timeout, 0.0) + 0.05):
                 batches = await consumer.getmany(
                     timeout_ms=max(0, int(timeout * 1000)), max_records=max_records
                 )
+        except TimeoutError:
+            pass
+        except ConsumerStoppedError:
+            if not self._closed:
+                raise
+            return []  # closed by another task while we waited
         deliveries = [
             Delivery(
                 topic=record.topic,

@@ -535,6 +535,8 @@ class SqliteConsumer:
         deadline = loop.time() + max(timeout, 0.0)
         self._start_heartbeat()
         while True:
+            if self._closed:  # closed by another task while we waited: don't rejoin the group
+                return []
             if loop.time() - self._last_sync >= self._SYNC_SECONDS:
                 await self._sync()
             wakeup = asyncio.Event()

@@ -38,8 +38,7 @@ def span(name: str, **attributes: str) -> Iterator[None]:
     """A span around work that starts a trace of its own, e.g. the gateway receiving one file:
     everything published inside carries it, so the file's trace crosses every service."""
     tracer = trace.get_tracer("imaging-uploader")
-    with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER,
-                                      attributes=attributes):
+    with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes):
         yield
 
 
