@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from uploader.bootstrap import WORKERS, open_platform, prepare, runner
 from uploader.harness import FORM
-from uploader.synthetic import fundus_image
+from uploader.synthetic import fundus_image, no_disc_image
 
 
 @pytest.fixture
@@ -119,3 +119,17 @@ async def test_an_unreadable_image_fails_alone_and_the_rest_of_the_job_goes_on(
     queue = (await client.get("/api/grading/queue",
                               headers={"Authorization": f"Bearer {tokens['camp']}"})).json()
     assert [e["id"] for e in queue["items"]] == [by_name["good.jpg"]["item_id"]]
+
+
+async def test_an_image_without_a_fundus_disc_is_kept_unmasked_and_flagged_for_review(
+    system: tuple[httpx.AsyncClient, dict[str, str]],
+) -> None:
+    client, tokens = system
+    status = await upload_and_wait(client, tokens["camp"], FORM,
+                                   [("form.jpg", no_disc_image(), "image/jpeg")])
+    assert status["status"] == "done"
+    queue = (await client.get("/api/grading/queue",
+                              headers={"Authorization": f"Bearer {tokens['camp']}"})).json()
+    (entry,) = queue["items"]
+    assert entry["needs_review"] is True
+    assert entry["review_reason"] == "No fundus field of view detected; not masked"
