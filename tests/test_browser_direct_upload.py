@@ -54,7 +54,7 @@ async (files) => {
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Process]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+        pytest.fail(f"{CHROMIUM} is not installed: `make test` installs it (Debian chromium)")
     env = uploader_env(tmp_path / "var")
     cli(["users", "create", USER, "--role", "uploader", "--lab-unit", "city-retina-clinic",
          "--password", PASSWORD], env)

@@ -73,34 +73,23 @@ async def anonymize_image(
     ]
 
 
-def _upload_item(event: Event) -> str | None:
-    return event.item_id if isinstance(event, UploadReceived) and event.kind == "image" else None
-
-
-def _entry_item(event: Event) -> str | None:
-    return (
-        event.item_id
-        if isinstance(event, ArchiveEntryExtracted) and event.entry_kind == "image"
-        else None
-    )
+def _image_item(event: Event) -> str | None:
+    """The item an event asks to anonymize: a directly uploaded image or an archive's image."""
+    if isinstance(event, UploadReceived) and event.kind == "image":
+        return event.item_id
+    if isinstance(event, ArchiveEntryExtracted) and event.entry_kind == "image":
+        return event.item_id
+    return None
 
 
 def routes(*, store: ObjectStore) -> dict[str, Route]:
-    async def on_upload(event: Event) -> Sequence[Emit]:
-        if not isinstance(event, UploadReceived) or event.kind != "image":
+    async def on_image(event: Event) -> Sequence[Emit]:
+        if _image_item(event) is None:
             return ()
+        assert isinstance(event, UploadReceived | ArchiveEntryExtracted)
         return await anonymize_image(event, item_id=event.item_id, source=event.object,
                                      uploader_id=event.uploader_id, metadata=event.metadata,
                                      store=store)
 
-    async def on_entry(event: Event) -> Sequence[Emit]:
-        if not isinstance(event, ArchiveEntryExtracted) or event.entry_kind != "image":
-            return ()
-        return await anonymize_image(event, item_id=event.item_id, source=event.object,
-                                     uploader_id=event.uploader_id, metadata=event.metadata,
-                                     store=store)
-
-    return {
-        UPLOADS_RECEIVED: Route(on_upload, starts_item=_upload_item),
-        ARCHIVE_ENTRIES: Route(on_entry, starts_item=_entry_item),
-    }
+    route = Route(on_image, starts_item=_image_item)
+    return {UPLOADS_RECEIVED: route, ARCHIVE_ENTRIES: route}
