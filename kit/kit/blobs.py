@@ -7,11 +7,19 @@ from collections.abc import AsyncIterator
 from contracts.events import ObjectRef
 from kit.ports import ObjectStore, StoredObject
 
-__all__ = ["ObjectTooLarge", "put_bytes", "read_bounded", "to_ref"]
+__all__ = [
+    "CLEAN",
+    "RAW",
+    "REPORTS",
+    "SCANS",
+    "ObjectTooLarge",
+    "put_bytes",
+    "read_bounded",
+    "to_ref",
+]
 
 # Bucket names (DESIGN.md, Words).
 RAW, CLEAN, REPORTS, SCANS = "raw", "clean", "reports", "scans"
-__all__ += ["CLEAN", "RAW", "REPORTS", "SCANS"]
 
 
 class ObjectTooLarge(Exception):

@@ -31,6 +31,7 @@ __all__ = [
     "ServiceRunner",
     "emit_status",
     "publish_events",
+    "replay_dead_letters",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,3 @@ async def replay_dead_letters(bus: EventBus, *, topic: str, group: str = "dlq-re
                 replayed += 1
     finally:
         await consumer.close()
-
-
-__all__ += ["replay_dead_letters"]

@@ -14,7 +14,11 @@ from contextlib import contextmanager
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-__all__ = ["extract", "inject"]
+__all__ = [
+    "extract",
+    "inject",
+    "span",
+]
 
 
 def inject(headers: Mapping[str, str]) -> dict[str, str]:
@@ -40,6 +44,3 @@ def span(name: str, **attributes: str) -> Iterator[None]:
     tracer = trace.get_tracer("imaging-uploader")
     with tracer.start_as_current_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes):
         yield
-
-
-__all__ += ["span"]

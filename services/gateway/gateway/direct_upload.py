@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,27 +336,13 @@ async def _open_job(
             job_id=job_id, item_id=item.item_id, status="error" if item.reason else "queued",
             reason=item.reason, service=SERVICE)))
     await publish_events(bus, emits, source=SERVICE)
-    for received in _received(upload, metadata):
-        item_id = received.event.item_id  # type: ignore[attr-defined]
+    for item in upload.items:
+        if item.stored is None or item.reason is not None:
+            continue
+        received = UploadReceived(job_id=job_id, item_id=item.item_id, kind="image",
+                                  object=to_ref(item.stored),
+                                  uploader_id=upload.user.username, metadata=metadata)
         # One trace per file, from here through every service that handles it.
-        with tracing.span("gateway receive file", job_id=upload.job_id, item_id=item_id):
-            await publish_events(bus, [received], source=SERVICE)
-
-
-def _received(upload: _Upload, metadata: DirectUploadMetadata) -> Sequence[Emit]:
-    return [
-        Emit(
-            UPLOADS_RECEIVED,
-            UploadReceived(
-                job_id=upload.job_id,
-                item_id=item.item_id,
-                kind="image",
-                object=to_ref(item.stored),
-                uploader_id=upload.user.username,
-                metadata=metadata,
-            ),
-            key=item.item_id,
-        )
-        for item in upload.items
-        if item.stored is not None and item.reason is None
-    ]
+        with tracing.span("gateway receive file", job_id=job_id, item_id=item.item_id):
+            await publish_events(bus, [Emit(UPLOADS_RECEIVED, received, key=item.item_id)],
+                                 source=SERVICE)
