@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from uploader.engines import Engines, MinioEngine
+    from testkit.engines import Engines, MinioEngine
 
 ENGINE_FIXTURES = frozenset({"engines", "engines_env", "kafka_bootstrap", "minio", "mongo_url"})
 
@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _build_or_skip(config: pytest.Config) -> None:
-    from uploader import engines as eng
+    from testkit import engines as eng
 
     if eng.is_built():
         return
@@ -52,7 +52,7 @@ def engines(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engines]:
     """Kafka, MinIO and FerretDB, started once per session; stopped at its end."""
-    from uploader import engines as eng
+    from testkit import engines as eng
 
     _build_or_skip(request.config)
     running = eng.start_all(tmp_path_factory.mktemp("engines"))

@@ -17,9 +17,9 @@ import uuid
 from pathlib import Path
 
 from anonymizer.fundus import anonymize_fundus
-from uploader.engines import ensure_built, start_all
-from uploader.harness import Process, cli, start_process, upload, uploader_env, wait_for_job
-from uploader.synthetic import fundus_image
+from testkit.engines import ensure_built, start_all
+from testkit.harness import Process, cli, start_process, upload, uploader_env, wait_for_job
+from testkit.synthetic import fundus_image
 
 BATCH = 100  # DIRECT_UPLOAD_MAX_FILES default
 

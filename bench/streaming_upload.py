@@ -21,9 +21,9 @@ import httpx
 import psutil
 from minio import Minio
 
-from uploader.engines import ensure_built, start_minio
-from uploader.harness import FORM, cli, start_process, uploader_env
-from uploader.synthetic import large_jpeg_like
+from testkit.engines import ensure_built, start_minio
+from testkit.harness import FORM, cli, start_process, uploader_env
+from testkit.synthetic import large_jpeg_like
 
 MiB = 1024 * 1024
 RSS_LIMIT_MIB = 100

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from uploader.harness import REPO, Process, cli, start_process, uploader_env
-from uploader.synthetic import fundus_image, pdf_bytes
+from testkit.harness import REPO, Process, cli, start_process, uploader_env
+from testkit.synthetic import fundus_image, pdf_bytes
 
 pytestmark = pytest.mark.browser
 

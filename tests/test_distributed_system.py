@@ -20,8 +20,8 @@ from jsonschema import Draft202012Validator
 
 from contracts.topics import ITEM_STATUS, UPLOADS_RECEIVED
 from kit.docs_mongo import MongoDocuments
-from uploader.harness import Process, cli, start_process, upload, uploader_env, wait_for_job
-from uploader.synthetic import fundus_image
+from testkit.harness import Process, cli, start_process, upload, uploader_env, wait_for_job
+from testkit.synthetic import fundus_image
 
 pytestmark = pytest.mark.engines
 REPO = Path(__file__).resolve().parent.parent

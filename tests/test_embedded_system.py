@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kit.docs_sqlite import SqliteDocuments
-from uploader.harness import cli, job_status, start_process, upload, uploader_env, wait_for_job
-from uploader.synthetic import fundus_image
+from testkit.harness import cli, job_status, start_process, upload, uploader_env, wait_for_job
+from testkit.synthetic import fundus_image
 
 
 def _catalogue(data_dir: Path) -> list[dict[str, object]]:

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from minio import Minio
 from pymongo import AsyncMongoClient
 
-from uploader.engines import Engines, MinioEngine
+from testkit.engines import Engines, MinioEngine
 
 
 async def test_kafka_produce_and_consume(kafka_bootstrap: str) -> None:

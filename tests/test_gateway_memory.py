@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from uploader.harness import FORM, cli, start_process, uploader_env
-from uploader.synthetic import large_jpeg_like
+from testkit.harness import FORM, cli, start_process, uploader_env
+from testkit.synthetic import large_jpeg_like
 
 MiB = 1024 * 1024
 

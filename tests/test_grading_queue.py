@@ -15,9 +15,9 @@ from PIL import Image
 from gateway.accounts import Accounts
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from testkit.harness import FORM
+from testkit.synthetic import fundus_image, no_disc_image
 from uploader.bootstrap import WORKERS, open_platform, prepare, runner
-from uploader.harness import FORM
-from uploader.synthetic import fundus_image, no_disc_image
 
 
 @pytest.fixture

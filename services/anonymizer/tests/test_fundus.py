@@ -22,7 +22,7 @@ from anonymizer.fundus import (
     anonymize_fundus,
     detect_field_of_view,
 )
-from uploader.synthetic import (
+from testkit.synthetic import (
     field_of_view_geometry,
     fundus_image,
     jpeg_segments,

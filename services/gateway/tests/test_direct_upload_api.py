@@ -10,7 +10,7 @@ import httpx
 from contracts.envelope import CloudEvent
 from contracts.events import UploadReceived, decode
 from contracts.topics import UPLOADS_RECEIVED
-from uploader.synthetic import fundus_image, pdf_bytes
+from testkit.synthetic import fundus_image, pdf_bytes
 
 FORM = {"hospital": "city-general", "lab_unit": "city-retina-clinic", "camera": "remidio-fop",
         "disease": "dr", "area": "left-eye", "mydriatic": "false"}

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from uploader.synthetic import fundus_image, pdf_bytes
+from testkit.synthetic import fundus_image, pdf_bytes
 
 FORM = {"hospital": "city-general", "lab_unit": "city-retina-clinic", "camera": "remidio-fop",
         "disease": "dr", "area": "left-eye", "mydriatic": "true"}

@@ -6,7 +6,7 @@ from contracts.events import ArchiveEntryExtracted, ItemStatusChanged, ReportPar
 from kit.blobs import RAW, put_bytes, to_ref
 from kit.store_fs import FilesystemObjectStore
 from pdf_parser.service import extract_text, parse_report, report_kind
-from uploader.synthetic import text_pdf_bytes
+from testkit.synthetic import text_pdf_bytes
 
 
 def test_the_text_layer_is_read_and_the_report_kind_recognised() -> None:

@@ -12,7 +12,7 @@ from contracts.events import (
 )
 from kit.blobs import RAW, put_bytes, read_bounded, to_ref
 from kit.store_fs import FilesystemObjectStore
-from uploader.synthetic import fundus_image, text_pdf_bytes
+from testkit.synthetic import fundus_image, text_pdf_bytes
 from zip_extractor.service import classify, extract_archive
 
 

@@ -58,6 +58,9 @@ __all__ = [
     "start_minio",
 ]
 
+# The checkout this package lives in (testkit/testkit/engines.py): it is never installed
+# elsewhere, because it is a development dependency of this workspace only.
+REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 MINIO_ACCESS_KEY = "minioadmin"
 MINIO_SECRET_KEY = "minioadmin"
@@ -91,7 +94,7 @@ def cache_dir() -> Path:
 
 def build_script() -> Path:
     """``infra/engines/build.sh`` of the repository this package is imported from."""
-    return Path(__file__).resolve().parent.parent / "infra" / "engines" / "build.sh"
+    return REPO / "infra" / "engines" / "build.sh"
 
 
 def _minio_bin() -> Path:
@@ -754,7 +757,7 @@ def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 _KAFKA_PROPERTIES = """\
-# Single-node KRaft Kafka for tests (written by uploader/engines.py).
+# Single-node KRaft Kafka for tests (written by testkit/testkit/engines.py).
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{host}:{ctrl}
@@ -779,7 +782,7 @@ share.coordinator.state.topic.num.partitions=1
 
 _KAFKA_LOG4J2 = """\
 <?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by uploader/engines.py: WARN to kafka.log, plus the broker's start/stop lines. -->
+<!-- Written by testkit.engines: WARN to kafka.log, plus the broker's start/stop lines. -->
 <Configuration status="WARN">
   <Appenders>
     <File name="file" fileName="${sys:kafka.logs.dir}/kafka.log">

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent  # the checkout: `uploader` runs from here
+REPO = Path(__file__).resolve().parents[2]  # the checkout: `uploader` runs from here
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from uploader.synthetic import (
+from testkit.synthetic import (
     DEFAULT_BURNED_IN_TEXT,
     field_of_view_geometry,
     fundus_image,

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from uploader import engines as eng
+from testkit import engines as eng
 
 __all__ = ["engines_app"]
 
