@@ -21,7 +21,9 @@ __all__ = [
     "Message",
     "ObjectNotFound",
     "ObjectStore",
+    "StorageFull",
     "StoredObject",
+    "Unavailable",
 ]
 
 ByteStream = AsyncIterator[bytes]
@@ -38,6 +40,16 @@ class ObjectNotFound(KitError):
 
 class DuplicateKey(KitError):
     pass
+
+
+class Unavailable(KitError):
+    """The backend (broker, object store, database) cannot be reached right now. Transient by
+    nature: callers retry (the runtime without counting it as a failed attempt) or tell the
+    user to try again shortly; nothing half-done is left behind."""
+
+
+class StorageFull(KitError):
+    """The object store has no space left for this write; nothing of it was kept."""
 
 
 # --- event bus -------------------------------------------------------------------------------
