@@ -29,7 +29,7 @@ async def system(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[
     await accounts.create_user(username="camp", role="uploader", password="pw-1",
                                lab_unit_ids=("city-retina-clinic", "city-screening-camp"))
     await accounts.create_user(username="boss", role="admin", password="pw-2")
-    tokens = {u: await accounts.create_token(u) for u in ("camp", "boss")}
+    tokens = {u: (await accounts.create_token(u))[0] for u in ("camp", "boss")}
     stop = asyncio.Event()
     tasks = [asyncio.create_task(runner(name, platform).run(stop)) for name in WORKERS]
     app = create_app(settings=settings, bus=platform.bus, store=platform.store,

@@ -1,48 +1,61 @@
-"""The one composition root: settings → adapters → services. Nothing else builds adapters."""
+"""The one composition root: settings → adapters → services. Nothing else builds adapters.
+
+The services are the `ServiceSpec`s in `SPECS`; a process runs any subset of them (all of
+them for `uploader serve`, one for `uploader run NAME`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import signal
+from collections.abc import Callable, Iterator, Sequence
 
-import uvicorn
-
+from anonymizer.spec import SPEC as ANONYMIZER
 from contracts.topics import ALL_TOPICS, dead_letter
-from gateway.accounts import Accounts
-from gateway.app import create_app
-from gateway.reference import seed_reference_data
 from gateway.settings import GatewaySettings
+from gateway.spec import SPEC as GATEWAY
+from gateway.spec import ensure_first_admin
+from ingest.spec import SPEC as INGEST
+from job_tracker.spec import SPEC as JOB_TRACKER
 from kit.health import ops_app
+from kit.http_server import Server
+from kit.http_server import server as http_server
 from kit.ports import Documents, EventBus, ObjectStore
-from kit.runtime import Route, ServiceRunner
+from kit.runtime import ServiceRunner
+from kit.service import Platform, ServiceSpec, build_processor
 from kit.settings import PlatformSettings
 from kit.telemetry import configure_logging, configure_tracing
+from pdf_parser.spec import SPEC as PDF_PARSER
+from zip_extractor.spec import SPEC as ZIP_EXTRACTOR
 
-__all__ = ["SERVICES", "WORKERS", "Platform", "open_platform", "serve"]
+__all__ = [
+    "SERVICES",
+    "SPECS",
+    "WORKERS",
+    "maintain",
+    "open_platform",
+    "prepare",
+    "run_one",
+    "runner",
+    "serve",
+    "spec",
+]
 
 log = logging.getLogger("uploader")
 
-WORKERS = ("zip-extractor", "pdf-parser", "anonymizer", "ingest", "job-tracker")
-SERVICES = ("gateway", *WORKERS)
-LEDGER = "processed_events"
+SPECS: tuple[ServiceSpec, ...] = (GATEWAY, ZIP_EXTRACTOR, PDF_PARSER, ANONYMIZER, INGEST,
+                                  JOB_TRACKER)
+SERVICES = tuple(s.name for s in SPECS)
+WORKERS = tuple(s.name for s in SPECS if s.routes is not None)
 
 
-@dataclass
-class Platform:
-    settings: PlatformSettings
-    bus: EventBus
-    store: ObjectStore
-    docs: Documents
-
-    async def close(self) -> None:
-        for closer in (self.bus.close, self.store.close, self.docs.close):
-            with contextlib.suppress(Exception):
-                await closer()
+def spec(name: str) -> ServiceSpec:
+    for candidate in SPECS:
+        if candidate.name == name:
+            return candidate
+    raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
 
 
 def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") -> Platform:
@@ -51,6 +64,9 @@ def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") ->
     bus: EventBus
     store: ObjectStore
     docs: Documents
+    if "sqlite" in (settings.bus, settings.db) or settings.store == "fs":
+        # Private: it holds uploads as received (PHI) and every account.
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.bus == "kafka":
         from kit.bus_kafka import KafkaEventBus
 
@@ -58,7 +74,6 @@ def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") ->
     else:
         from kit.bus_sqlite import SqliteEventBus
 
-        data.mkdir(parents=True, exist_ok=True)
         bus = SqliteEventBus(path=data / "events.sqlite3")
     if settings.store == "s3":
         from kit.store_s3 import S3ObjectStore
@@ -76,82 +91,60 @@ def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") ->
     else:
         from kit.docs_sqlite import SqliteDocuments
 
-        data.mkdir(parents=True, exist_ok=True)
         docs = SqliteDocuments(path=data / "documents.sqlite3")
     return Platform(settings=settings, bus=bus, store=store, docs=docs)
 
 
-def service_routes(name: str, platform: Platform) -> dict[str, Route]:
-    if name == "anonymizer":
-        from anonymizer.service import routes as anonymizer_routes
-
-        return anonymizer_routes(store=platform.store)
-    if name == "ingest":
-        from ingest.service import routes as ingest_routes
-
-        return ingest_routes(docs=platform.docs)
-    if name == "zip-extractor":
-        from zip_extractor.service import routes as zip_routes
-
-        return zip_routes(store=platform.store)
-    if name == "pdf-parser":
-        from pdf_parser.service import routes as pdf_routes
-
-        return pdf_routes(store=platform.store)
-    if name == "job-tracker":
-        from job_tracker.service import STATUS_COLLECTION
-        from job_tracker.service import routes as tracker_routes
-
-        return tracker_routes(statuses=platform.docs.collection(STATUS_COLLECTION))
-    raise ValueError(f"unknown service {name!r}; choose from {', '.join(WORKERS)}")
-
-
 def runner(name: str, platform: Platform) -> ServiceRunner:
-    return ServiceRunner(
-        name=name,
-        bus=platform.bus,
-        ledger=platform.docs.collection(LEDGER),
-        routes=service_routes(name, platform),
-        max_attempts=platform.settings.max_attempts,
-        retry_base_seconds=platform.settings.retry_base_seconds,
-    )
+    return ServiceRunner(processor=build_processor(spec(name), platform))
 
 
-async def prepare(platform: Platform) -> None:
-    """Idempotent start-up work: topics (and their dead-letter topics), reference data."""
+async def prepare(platform: Platform, services: Sequence[ServiceSpec] = SPECS) -> None:
+    """Idempotent start-up work: topics (and their dead-letter topics), the read models'
+    indexes, and each service's own (reference data)."""
     topics = {t.name: t.partitions for t in ALL_TOPICS}
     topics.update({dead_letter(t.name): 1 for t in ALL_TOPICS})
     await platform.bus.ensure_topics(topics)
-    await seed_reference_data(platform.docs)
+    for service in services:
+        for collection, indexes in service.indexes.items():
+            await platform.docs.ensure_indexes(collection, indexes)
+        if service.prepare is not None:
+            await service.prepare(platform)
 
 
-async def ensure_first_admin(docs: Documents, announce: Callable[[str], None]) -> None:
-    accounts = Accounts(docs=docs)
-    if await accounts.count() > 0:
-        return
-    password = secrets.token_urlsafe(12)
-    await accounts.create_user(username="admin", role="admin", password=password)
-    announce(
-        "\n"
-        "  First start: an administrator account was created.\n"
-        "    username: admin\n"
-        f"    password: {password}\n"
-        "  It is shown only this once; sign in and keep it somewhere safe.\n"
-    )
+async def maintain(platform: Platform, services: Sequence[ServiceSpec]) -> None:
+    """One round of every service's periodic work; a failure is logged, never fatal."""
+    for service in services:
+        if service.maintain is None:
+            continue
+        try:
+            await service.maintain(platform)
+        except Exception:
+            log.warning("%s: maintenance failed; trying again next time", service.name,
+                        exc_info=True)
 
 
-def session_secret(settings: GatewaySettings) -> str:
-    """The configured secret, else one made on first start and kept in the data folder (so
-    sign-ins survive restarts of a one-machine site)."""
-    if settings.session_secret:
-        return settings.session_secret
-    path = settings.data_dir / "session-secret"
-    if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+async def _maintain_until(stop: asyncio.Event, platform: Platform,
+                          services: Sequence[ServiceSpec]) -> None:
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(platform.settings.maintenance_seconds):
+                await stop.wait()
+        if stop.is_set():
+            return
+        await maintain(platform, services)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 async def serve(
@@ -160,37 +153,49 @@ async def serve(
     services: Sequence[str] = SERVICES,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Run the named services in this process until SIGINT/SIGTERM. HTTP (the gateway's app,
-    or just health and metrics) listens on settings.http_host:http_port."""
+    """Run the named services in this process until SIGINT/SIGTERM, then stop gracefully:
+    HTTP stops taking requests, each service finishes and commits the event in hand, the
+    adapters close. HTTP (the gateway's app, or just health and metrics) listens on
+    settings.http_host:http_port."""
+    specs = [spec(name) for name in services]
     configure_logging()
     configure_tracing("+".join(services) if len(services) < 3 else "uploader", settings)
     platform = open_platform(settings, client_id="-".join(services)[:40])
     stop = asyncio.Event()
-    runners = [runner(name, platform) for name in services if name != "gateway"]
+    runners = [ServiceRunner(processor=build_processor(s, platform))
+               for s in specs if s.routes is not None]
     tasks: list[asyncio.Task[None]] = []
+    server: Server | None = None
+
+    def request_stop() -> None:
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+
     try:
-        await prepare(platform)
-        if "gateway" in services:
-            await ensure_first_admin(platform.docs, announce)
-        tasks = [asyncio.create_task(r.run(stop), name=r.name) for r in runners]
+        with _stop_on_signals(request_stop):
+            await prepare(platform, specs)
+            web = next((s for s in specs if s.http_app is not None), None)
+            if web is not None:
+                await ensure_first_admin(platform.docs, announce)
+            tasks = [asyncio.create_task(r.run(stop), name=r.name) for r in runners]
+            # Start-up maintenance first (what a crash left is given back before the first
+            # request), then on a timer beside the services.
+            await maintain(platform, specs)
+            tasks.append(asyncio.create_task(_maintain_until(stop, platform, specs),
+                                             name="maintenance"))
 
-        def is_ready() -> bool:
-            return all(r.ready.is_set() for r in runners) and not any(t.done() for t in tasks)
+            def is_ready() -> bool:
+                return all(r.ready.is_set() for r in runners) and not any(t.done() for t in tasks)
 
-        if "gateway" in services:
-            settings = settings.model_copy(update={"session_secret": session_secret(settings)})
-        app = (
-            create_app(settings=settings, bus=platform.bus, store=platform.store,
-                       docs=platform.docs, is_ready=is_ready)
-            if "gateway" in services
-            else ops_app(is_ready)
-        )
-        config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                                log_level="warning", lifespan="off")
-        server = uvicorn.Server(config)
-        announce(f"imaging-uploader ({', '.join(services)}) at "
-                 f"http://{settings.http_host}:{settings.http_port}")
-        await server.serve()
+            app = web.http_app(platform, is_ready) if web and web.http_app else ops_app(is_ready)
+            server = http_server(app, host=settings.http_host, port=settings.http_port,
+                                 header_seconds=settings.http_header_timeout_seconds)
+            if stop.is_set():
+                return
+            announce(f"imaging-uploader ({', '.join(services)}) at "
+                     f"http://{settings.http_host}:{settings.http_port}")
+            await server.serve()
     finally:
         # Graceful: runners finish the event in hand, commit it, and stop.
         stop.set()
@@ -200,3 +205,19 @@ async def serve(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await platform.close()
+
+
+async def run_one(settings: GatewaySettings, name: str) -> None:
+    """`uploader run NAME`: one service as its own process. On Kafka a service may bring
+    its own runner (the job-tracker's faust app); the processing step is the same."""
+    service = spec(name)
+    if settings.bus == "kafka" and service.kafka_worker is not None:
+        configure_logging()
+        configure_tracing(name, settings)
+        platform = open_platform(settings, client_id=name)
+        try:
+            await service.kafka_worker(platform)
+        finally:
+            await platform.close()
+        return
+    await serve(settings, services=[name])

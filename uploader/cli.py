@@ -47,18 +47,12 @@ def serve(bus: BusOpt = None, store: StoreOpt = None, db: DbOpt = None, host: Ho
 def run(service: str, bus: BusOpt = None, store: StoreOpt = None, db: DbOpt = None,
         host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) -> None:
     """Run ONE service as its own process (health and metrics on --port)."""
-    from uploader.bootstrap import SERVICES
-    from uploader.bootstrap import serve as serve_some
+    from uploader.bootstrap import SERVICES, run_one
 
     if service not in SERVICES:
         raise typer.BadParameter(f"choose one of: {', '.join(SERVICES)}")
     settings = _settings(bus=bus, store=store, db=db, host=host, port=port, data_dir=data_dir)
-    if service == "job-tracker" and settings.bus == "kafka":
-        from job_tracker.faust_app import run_worker
-
-        run_worker(settings)
-        return
-    asyncio.run(serve_some(settings, services=[service]))
+    asyncio.run(run_one(settings, service))
 
 
 async def _with_docs(settings: Any, work: Any) -> Any:
@@ -100,15 +94,61 @@ def users_create(
 
 
 @tokens_app.command("create")
-def tokens_create(user: str, label: Annotated[str, typer.Option("--label")] = "",
-                  db: DbOpt = None, data_dir: DataOpt = None) -> None:
+def tokens_create(
+    user: str,
+    label: Annotated[str, typer.Option("--label", help="what it is for")] = "",
+    expires_days: Annotated[int | None, typer.Option("--expires-days", min=1)] = None,
+    db: DbOpt = None, data_dir: DataOpt = None,
+) -> None:
     """Create an API token for USER and print it (it is shown only this once)."""
     from gateway.accounts import Accounts
 
     async def work(platform: Any) -> str:
-        return await Accounts(docs=platform.docs).create_token(user, label=label)
+        token, _ = await Accounts(docs=platform.docs).create_token(
+            user, label=label, expires_in_days=expires_days)
+        return token
 
     typer.echo(asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work)))
+
+
+@tokens_app.command("list")
+def tokens_list(user: str, db: DbOpt = None, data_dir: DataOpt = None) -> None:
+    """List USER's API tokens: id, label, created, last used, expires (never the token)."""
+    from gateway.accounts import Accounts
+
+    async def work(platform: Any) -> list[Any]:
+        return await Accounts(docs=platform.docs).tokens(user)
+
+    tokens = asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work))
+    if not tokens:
+        typer.echo(f"{user} has no API tokens")
+        return
+    typer.echo(f"{'ID':<18} {'LABEL':<24} {'CREATED':<20} {'LAST USED':<20} EXPIRES")
+    for token in tokens:
+        typer.echo(f"{token.token_id:<18} {token.label[:24]:<24} {token.created_at[:19]:<20} "
+                   f"{(token.last_used_at or 'never')[:19]:<20} "
+                   f"{(token.expires_at or 'never')[:19]}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str, db: DbOpt = None, data_dir: DataOpt = None) -> None:
+    """Revoke the API token with this ID (from `tokens list`); it stops working at once."""
+    from gateway.accounts import Accounts
+    from gateway.audit import AuditLog
+
+    async def work(platform: Any) -> bool:
+        accounts = Accounts(docs=platform.docs)
+        token = await accounts.token(token_id)
+        if token is None or not await accounts.revoke_token(token_id):
+            return False
+        await AuditLog(docs=platform.docs).record("token_revoked", actor="cli",
+                                                  subject=token.username, token_id=token_id)
+        return True
+
+    if not asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work)):
+        typer.echo(f"no API token with id {token_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {token_id}")
 
 
 @dlq_app.command("replay")

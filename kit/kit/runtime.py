@@ -14,19 +14,40 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from contracts.envelope import SOURCE_PREFIX, CloudEvent
 from contracts.events import Event, ItemStatusChanged, decode
 from contracts.topics import ITEM_STATUS, dead_letter
 from kit import tracing
-from kit.ports import Collection, Consumer, Delivery, DuplicateKey, EventBus, Message
+from kit.ports import (
+    Collection,
+    Consumer,
+    Delivery,
+    DuplicateKey,
+    EventBus,
+    Message,
+    Unavailable,
+)
 
 __all__ = [
+    "LEDGER_COLLECTION",
+    "PROCESSING_FAILED",
     "Emit",
+    "EventProcessor",
     "Handler",
+    "Released",
     "Route",
     "ServiceRunner",
     "emit_status",
@@ -35,6 +56,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# The processed-events ledger: one entry per (service, event id) handled.
+LEDGER_COLLECTION = "processed_events"
+PROCESSING_FAILED = "Processing failed; the file is kept and can be retried by support"
 tracer = trace.get_tracer("imaging-uploader.runtime")
 
 EVENTS = Counter(
@@ -115,9 +140,43 @@ async def publish_events(
         )
 
 
-@dataclass
-class ServiceRunner:
-    """Runs one service's handlers over its topics as one consumer-group member."""
+class Released(Exception):
+    """The process is stopping while the event in hand waits for a backend to come back: it
+    is left uncommitted (not acknowledged), so it is delivered again after the restart."""
+
+
+def _backend_retry(stopping: asyncio.Event, base_seconds: float) -> AsyncRetrying:
+    """How the runtime waits out a backend outage (`Unavailable`: Kafka, the object store or
+    the database unreachable): forever, with backoff capped at 5 s, until the process stops.
+    An outage is not the event's fault, so it never counts as a failed attempt."""
+
+    def stop_when_stopping(_: RetryCallState) -> bool:
+        return stopping.is_set()
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Unavailable),
+        wait=wait_exponential(multiplier=max(base_seconds, 0.01), max=5.0),
+        stop=stop_when_stopping,
+        before_sleep=lambda state: log.warning(
+            "backend unavailable, retrying: %r",
+            state.outcome.exception() if state.outcome else None,
+        ),
+        reraise=True,
+    )
+
+
+@dataclass(kw_only=True)
+class EventProcessor:
+    """The one processing step of every service, whatever runs it (`ServiceRunner` on any
+    bus, the job-tracker's faust agent on Kafka): decode → skip if already processed →
+    report `processing` → handler → publish its events → record it as processed.
+
+    - An event that cannot be decoded goes to the topic's dead-letter topic at once.
+    - A handler that raises is retried `max_attempts` times with backoff, then its event is
+      dead-lettered and its item reported in error, so no file looks stuck.
+    - A backend outage (`Unavailable`) anywhere is waited out without counting an attempt;
+      if the process stops meanwhile, `process` raises `Released`: do not commit.
+    """
 
     name: str
     bus: EventBus
@@ -125,24 +184,11 @@ class ServiceRunner:
     routes: Mapping[str, Route]
     max_attempts: int = 5
     retry_base_seconds: float = 0.2
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        consumer = self.bus.consumer(group=self.name, topics=sorted(self.routes))
-        try:
-            self.ready.set()
-            while not stop.is_set():
-                deliveries = await consumer.fetch(max_records=20, timeout=0.5)
-                for delivery in deliveries:
-                    if stop.is_set():
-                        # Released: not committed, so it is delivered again after restart.
-                        break
-                    await self._handle(consumer, delivery)
-        finally:
-            self.ready.clear()
-            await consumer.close()
-
-    async def _handle(self, consumer: Consumer, delivery: Delivery) -> None:
+    async def process(self, delivery: Delivery) -> str:
+        """Handle one delivery; returns the outcome (also counted in the metrics). The caller
+        commits (acknowledges) it afterwards, unless this raised `Released`."""
         IN_FLIGHT.labels(self.name).inc()
         try:
             parent = tracing.extract(delivery.message.headers)
@@ -156,11 +202,24 @@ class ServiceRunner:
                     "messaging.consumer.group.name": self.name,
                 },
             ):
-                outcome = await self._process(delivery)
+                try:
+                    outcome = await self._process(delivery)
+                except Released:
+                    EVENTS.labels(self.name, delivery.topic, "released").inc()
+                    raise
             EVENTS.labels(self.name, delivery.topic, outcome).inc()
-            await consumer.commit(delivery)
+            return outcome
         finally:
             IN_FLIGHT.labels(self.name).dec()
+
+    async def _outlasting_outages(self, work: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async for attempt in _backend_retry(self.stopping, self.retry_base_seconds):
+                with attempt:
+                    return await work()
+        except Unavailable:
+            raise Released from None
+        raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
 
     async def _process(self, delivery: Delivery) -> str:
         try:
@@ -170,38 +229,63 @@ class ServiceRunner:
             await self._dead_letter(delivery, reason=f"undecodable: {exc}", attempts=0)
             return "dead_lettered"
         ledger_id = f"{self.name}:{envelope.id}"
-        if await self.ledger.get(ledger_id) is not None:
+        if await self._outlasting_outages(lambda: self.ledger.get(ledger_id)) is not None:
             return "duplicate"
         route = self.routes[delivery.topic]
         if route.starts_item is not None and (item_id := route.starts_item(event)):
             begun = emit_status(event, item_id=item_id, status="processing", service=self.name)
-            await publish_events(self.bus, [begun], source=self.name,
-                                 caused_by=envelope.id + ":start")
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                started = time.perf_counter()
-                emits = await route.handler(event)
-                HANDLER_SECONDS.labels(self.name, delivery.topic).observe(
-                    time.perf_counter() - started
-                )
-                await publish_events(self.bus, emits, source=self.name, caused_by=envelope.id)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "%s: attempt %d/%d on %s failed: %r",
-                    self.name, attempt, self.max_attempts, envelope.type, exc,
-                )
-                if attempt == self.max_attempts:
-                    await self._dead_letter(delivery, reason=repr(exc), attempts=attempt)
-                    await self._report_failure(event, envelope.id)
-                    return "dead_lettered"
-                EVENTS.labels(self.name, delivery.topic, "retried").inc()
-                await asyncio.sleep(self.retry_base_seconds * 2 ** (attempt - 1))
+            await self._publish([begun], caused_by=envelope.id + ":start")
+        outcome = await self._handle(delivery, route, event, envelope.id)
+        if outcome != "processed":
+            return outcome  # dead-lettered: a replay is handled again, so not in the ledger
         with contextlib.suppress(DuplicateKey):  # a concurrent redelivery got there first
-            await self.ledger.insert({"_id": ledger_id, "at": time.time()})
+            await self._outlasting_outages(
+                lambda: self.ledger.insert({"_id": ledger_id, "at": time.time()})
+            )
+        return outcome
+
+    async def _handle(self, delivery: Delivery, route: Route, event: Event, event_id: str
+                      ) -> str:
+        def count_retry(state: RetryCallState) -> None:
+            log.warning(
+                "%s: attempt %d/%d on %s failed: %r", self.name, state.attempt_number,
+                self.max_attempts, type(event).__name__,
+                state.outcome.exception() if state.outcome else None,
+            )
+            EVENTS.labels(self.name, delivery.topic, "retried").inc()
+
+        attempts = AsyncRetrying(
+            retry=retry_if_not_exception_type((Released, asyncio.CancelledError)),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_exponential(multiplier=self.retry_base_seconds, min=0, max=60),
+            before_sleep=count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in attempts:
+                with attempt:
+                    started = time.perf_counter()
+                    emits = await self._outlasting_outages(lambda: route.handler(event))
+                    HANDLER_SECONDS.labels(self.name, delivery.topic).observe(
+                        time.perf_counter() - started
+                    )
+        except Released:
+            raise
+        except Exception as exc:
+            log.warning("%s: gave up on %s after %d attempts: %r", self.name,
+                        type(event).__name__, self.max_attempts, exc)
+            await self._dead_letter(delivery, reason=repr(exc), attempts=self.max_attempts)
+            await self._report_failure(event, event_id)
+            return "dead_lettered"
+        await self._publish(emits, caused_by=event_id)
         return "processed"
+
+    async def _publish(self, emits: Sequence[Emit], *, caused_by: str) -> None:
+        # Ids derive from the input event, so a publish repeated after an outage (or a crash)
+        # is the same events again and downstream ledgers drop the copies.
+        await self._outlasting_outages(
+            lambda: publish_events(self.bus, emits, source=self.name, caused_by=caused_by)
+        )
 
     async def _dead_letter(self, delivery: Delivery, *, reason: str, attempts: int) -> None:
         headers = dict(delivery.message.headers)
@@ -213,9 +297,10 @@ class ServiceRunner:
                 "x-dlq-attempts": str(attempts),
             }
         )
-        await self.bus.publish(
-            dead_letter(delivery.topic),
-            Message(key=delivery.message.key, value=delivery.message.value, headers=headers),
+        letter = Message(key=delivery.message.key, value=delivery.message.value, headers=headers)
+        # Never acknowledged before its dead letter is safely written.
+        await self._outlasting_outages(
+            lambda: self.bus.publish(dead_letter(delivery.topic), letter)
         )
         log.error("%s: dead-lettered an event from %s: %s", self.name, delivery.topic, reason)
 
@@ -229,9 +314,58 @@ class ServiceRunner:
             item_id=item_id,
             status="error",
             service=self.name,
-            reason="Processing failed; the file is kept and can be retried by support",
+            reason=PROCESSING_FAILED,
         )
-        await publish_events(self.bus, [status], source=self.name, caused_by=envelope_id + ":dlq")
+        await self._publish([status], caused_by=envelope_id + ":dlq")
+
+
+@dataclass(kw_only=True)
+class ServiceRunner:
+    """Runs one service's `EventProcessor` over its topics as one consumer-group member:
+    fetch → process → commit."""
+
+    processor: EventProcessor
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.processor.name
+
+    async def run(self, stop: asyncio.Event) -> None:
+        processor = self.processor
+        processor.stopping = stop
+        consumer = processor.bus.consumer(group=processor.name, topics=sorted(processor.routes))
+        try:
+            self.ready.set()
+            while not stop.is_set():
+                try:
+                    deliveries = await consumer.fetch(max_records=20, timeout=0.5)
+                except Unavailable as exc:
+                    log.warning("%s: fetch failed, retrying: %r", processor.name, exc)
+                    await _sleep_unless(stop, 1.0)
+                    continue
+                for delivery in deliveries:
+                    if stop.is_set():
+                        # Released: not committed, so it is delivered again after restart.
+                        break
+                    try:
+                        await processor.process(delivery)
+                    except Released:
+                        break
+                    await self._commit(consumer, delivery, stop)
+        finally:
+            self.ready.clear()
+            await consumer.close()
+
+    async def _commit(self, consumer: Consumer, delivery: Delivery, stop: asyncio.Event) -> None:
+        with contextlib.suppress(Released):
+            await self.processor._outlasting_outages(lambda: consumer.commit(delivery))
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
 
 
 async def replay_dead_letters(bus: EventBus, *, topic: str, group: str = "dlq-replayer",

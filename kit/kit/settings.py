@@ -22,6 +22,20 @@ class PlatformSettings(BaseSettings):
     data_dir: Path = Path("var")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # A production cluster wants 3 (with min.insync.replicas=2): one broker may fail.
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    # How long publish/commit wait for an unreachable broker before raising Unavailable.
+    kafka_unavailable_after_seconds: float = Field(default=10.0, gt=0)
+
+    # Event-log retention in hours (kit.ports.RetentionPolicy). ~6 KB of log per image: at
+    # 10,000 images a day a week is ~0.4 GB. Overrides by exact topic name, e.g.
+    # UPLOADER_EVENT_RETENTION_OVERRIDES='{"items.status": 720}'; null keeps a topic forever.
+    # Dead-letter topics (*.dlq) are kept forever unless dead_letter_retention_hours is set.
+    event_retention_hours: float = Field(default=168.0, gt=0)
+    event_retention_overrides: dict[str, float | None] = Field(default_factory=dict)
+    dead_letter_retention_hours: float | None = Field(default=None, gt=0)
+    # How often the embedded bus prunes (Kafka's broker prunes on its own schedule).
+    event_prune_interval_seconds: float = Field(default=3600.0, gt=0)
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "minioadmin"
     s3_secret_key: str = "minioadmin"
@@ -29,11 +43,18 @@ class PlatformSettings(BaseSettings):
     mongo_url: str = "mongodb://127.0.0.1:27017"
     mongo_database: str = "imaging_uploader"
 
+    # Periodic clean-up (interrupted uploads, expired sessions, event-log retention) runs at
+    # start-up and then this often.
+    maintenance_seconds: float = Field(default=300, gt=0)
+
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318"
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
+    # A request's headers must arrive within this; its body may pause at most the second.
+    http_header_timeout_seconds: float = Field(default=30, gt=0)
+    http_body_timeout_seconds: float = Field(default=60, gt=0)
 
     # Retries of a failing handler before its event goes to the dead-letter topic.
     max_attempts: int = Field(default=5, ge=1)

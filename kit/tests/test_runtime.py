@@ -18,8 +18,16 @@ from contracts.topics import ITEM_STATUS, dead_letter
 from kit import tracing
 from kit.bus_sqlite import SqliteEventBus
 from kit.docs_sqlite import SqliteDocuments
-from kit.ports import EventBus
-from kit.runtime import Emit, Route, ServiceRunner, publish_events, replay_dead_letters
+from kit.ports import Delivery, EventBus, Message, Unavailable
+from kit.runtime import (
+    Emit,
+    EventProcessor,
+    Released,
+    Route,
+    ServiceRunner,
+    publish_events,
+    replay_dead_letters,
+)
 
 WORK, NEXT = "work.topic", "next.topic"
 
@@ -48,9 +56,9 @@ Handler = Callable[[Event], Awaitable[Sequence[Emit]]]
 
 def make_runner(bus: EventBus, docs: SqliteDocuments, handler: Handler, *, name: str = "svc",
                 topic: str = WORK, attempts: int = 3) -> ServiceRunner:
-    return ServiceRunner(name=name, bus=bus, ledger=docs.collection("ledger"),
-                         routes={topic: Route(handler)}, max_attempts=attempts,
-                         retry_base_seconds=0.001)
+    return ServiceRunner(processor=EventProcessor(
+        name=name, bus=bus, ledger=docs.collection("ledger"), routes={topic: Route(handler)},
+        max_attempts=attempts, retry_base_seconds=0.001))
 
 
 async def run_until(runners: Sequence[ServiceRunner], done: Callable[[], bool],
@@ -228,3 +236,60 @@ async def test_one_trace_follows_an_item_across_services(
     consumers = [s for s in finished if s.name in ("a process work.topic", "b process next.topic")]
     assert len(consumers) == 2
     assert {s.context.trace_id for s in consumers} == {root.context.trace_id}
+
+
+async def test_a_backend_outage_is_waited_out_without_using_up_the_attempts(
+    bus: SqliteEventBus, docs: SqliteDocuments,
+) -> None:
+    calls = 0
+
+    async def handler(event: Event) -> Sequence[Emit]:
+        nonlocal calls
+        calls += 1
+        if calls <= 6:  # more outages in a row than the attempts allowed for failures
+            raise Unavailable("the object store is down")
+        return [Emit(NEXT, event)]
+
+    await publish_events(bus, [Emit(WORK, ingested())], source="test")
+    runner = make_runner(bus, docs, handler, attempts=2)
+    await run_until([runner], lambda: calls >= 7)
+    await run_until([runner], lambda: True)
+    assert calls == 7
+    assert await read_all(bus, dead_letter(WORK)) == []
+    assert len(await read_all(bus, NEXT)) == 1
+
+
+class _DownBus:
+    """An event bus whose broker is gone: every publish says so."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def publish(self, topic: str, message: Message) -> None:
+        self.attempts += 1
+        raise Unavailable("broker unreachable")
+
+
+async def test_stopping_during_an_outage_releases_the_event_instead_of_losing_it(
+    docs: SqliteDocuments,
+) -> None:
+    down = _DownBus()
+
+    async def handler(event: Event) -> Sequence[Emit]:
+        raise ValueError("a poison event")  # would be dead-lettered, but the bus is down
+
+    stopping = asyncio.Event()
+    processor = EventProcessor(name="svc", bus=down, ledger=docs.collection("ledger"),  # type: ignore[arg-type]
+                               routes={WORK: Route(handler)}, max_attempts=1,
+                               retry_base_seconds=0.001, stopping=stopping)
+    envelope = CloudEvent.new(source="/t", type=Ingested.event_type, subject="job-1",
+                              data=ingested().model_dump(mode="json"))
+    delivery = Delivery(topic=WORK, partition=0, offset=0,
+                        message=Message(key="job-1", value=envelope.to_bytes()))
+    task = asyncio.create_task(processor.process(delivery))
+    while down.attempts < 3:  # noqa: ASYNC110 - the dead letter is retried while the bus is down
+        await asyncio.sleep(0.01)
+    stopping.set()
+    with pytest.raises(Released):
+        await asyncio.wait_for(task, 10)
+    assert await docs.collection("ledger").count() == 0  # not recorded as processed

@@ -35,7 +35,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -167,6 +167,13 @@ class RunningEngine:
     port: int
     workdir: Path
     log_path: Path
+    # How it was launched, set once it answered (see _make_restartable): for restart().
+    _respawn: Callable[[], subprocess.Popen[bytes]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _is_ready: Callable[[], bool] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def address(self) -> str:
@@ -193,6 +200,36 @@ class RunningEngine:
         except subprocess.TimeoutExpired:
             _signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL the engine's process group and reap it: a crash, no clean shutdown."""
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Run the engine again as it was launched (same command, ports and work directory,
+        so its data is kept), stopping it first if it runs; wait until it answers.
+
+        Like ``start_*``, call it from a long-lived thread when ``bind_to_parent`` is on.
+        """
+        if self._respawn is None or self._is_ready is None:
+            raise EngineStartError(f"{self.name}: not started by start_*(), cannot restart")
+        self.stop()
+        self.process = self._respawn()
+        deadline = time.monotonic() + timeout
+        while not self._is_ready():
+            if self.process.poll() is not None:
+                raise EngineStartError(
+                    f"{self.name} exited with code {self.process.returncode} while restarting "
+                    f"on {self.address}; log tail:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise EngineStartError(
+                    f"{self.name} did not answer on {self.address} within {timeout:.0f}s of a "
+                    f"restart; log tail:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
 
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
@@ -375,6 +412,7 @@ class _Spec(Generic[E]):
         self, argv: list[str], log: Path, env: dict[str, str], cwd: Path
     ) -> subprocess.Popen[bytes]:
         preexec: Callable[[], None] | None = _die_with_parent if self.bind_to_parent else None
+        self.last_launch = (argv, log, env, cwd)  # for RunningEngine.restart()
         with log.open("ab") as out:
             try:
                 return subprocess.Popen(
@@ -584,6 +622,7 @@ def _await(spec: _Spec[E], engine: E, timeout: float, launched: list[RunningEngi
                     f"(port {engine.port}, workdir {engine.workdir}); log tail:\n{tail}"
                 )
             if spec.ready(engine):
+                _make_restartable(spec, engine)
                 return engine
             if time.monotonic() > deadline:
                 raise EngineStartError(
@@ -596,6 +635,13 @@ def _await(spec: _Spec[E], engine: E, timeout: float, launched: list[RunningEngi
         engine = spec.launch()
         launched.append(engine)
     raise AssertionError("unreachable")
+
+
+def _make_restartable(spec: _Spec[E], engine: E) -> None:
+    """Let ``engine.restart()`` run the same command again and wait as ``_await`` does."""
+    argv, log, env, cwd = spec.last_launch
+    engine._respawn = lambda: spec._popen(argv, log, env, cwd)
+    engine._is_ready = lambda: spec.ready(engine)
 
 
 def _stop_all(engines: list[RunningEngine], timeout: float) -> None:

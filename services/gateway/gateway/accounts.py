@@ -6,6 +6,8 @@ import asyncio
 import functools
 import hashlib
 import secrets
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from argon2 import PasswordHasher
@@ -13,11 +15,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict
 
 from contracts.envelope import utcnow
-from kit.ports import Documents, DuplicateKey
+from kit.ports import Documents, DuplicateKey, Index
 
 __all__ = [
+    "INDEXES",
     "ROLES",
     "Accounts",
+    "ApiToken",
     "Role",
     "User",
     "UserExists",
@@ -26,6 +30,9 @@ __all__ = [
 Role = Literal["uploader", "data_manager", "admin"]
 ROLES: tuple[Role, ...] = ("uploader", "data_manager", "admin")
 USERS, TOKENS = "users", "api_tokens"
+INDEXES = {TOKENS: (Index(fields=(("token_id", 1),)), Index(fields=(("username", 1),)))}
+# A token's last use is written at most this often (not on every request it makes).
+_TOKEN_TOUCH_SECONDS = 60.0
 
 _hasher = PasswordHasher()
 
@@ -53,6 +60,23 @@ class User(BaseModel):
 
     def quota(self, default: int) -> int:
         return default if self.upload_quota is None else self.upload_quota
+
+
+class ApiToken(BaseModel):
+    """What is known of a token; the token itself is shown once, when it is created."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    token_id: str
+    username: str
+    label: str = ""
+    created_at: str
+    last_used_at: str | None = None
+    expires_at: str | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and \
+            datetime.fromisoformat(self.expires_at) <= (now or datetime.now(UTC))
 
 
 def _user(doc: dict[str, Any]) -> User:
@@ -138,21 +162,57 @@ class Accounts:
             return None
         return _user(doc)
 
-    async def create_token(self, username: str, *, label: str = "") -> str:
-        """A new API token; only its hash is stored, so this is the one time it is seen."""
-        if await self.get(username) is None:
+    async def create_token(self, username: str, *, label: str = "",
+                           expires_in_days: int | None = None) -> tuple[str, ApiToken]:
+        """A new API token and what is kept of it; only its hash is stored, so this is the one
+        time the token is seen."""
+        user = await self.get(username)
+        if user is None:
             raise LookupError(f"no user {username!r}")
         token = "iu_" + secrets.token_urlsafe(32)
-        await self._tokens.insert(
-            {"_id": _token_id(token), "username": username.strip().lower(), "label": label,
-             "created_at": utcnow().isoformat()}
+        now = datetime.now(UTC)
+        info = ApiToken(
+            token_id="tok_" + secrets.token_hex(6),
+            username=user.username,
+            label=label.strip()[:100],
+            created_at=now.isoformat(),
+            expires_at=(now + timedelta(days=expires_in_days)).isoformat()
+            if expires_in_days else None,
         )
-        return token
+        await self._tokens.insert({"_id": _token_id(token), **info.model_dump()})
+        return token, info
+
+    async def tokens(self, username: str | None = None) -> list[ApiToken]:
+        """A user's tokens (everyone's with None), newest first."""
+        where = {} if username is None else {"username": username.strip().lower()}
+        tokens = []
+        for doc in await self._tokens.find(where, sort=[("created_at", -1)]):
+            if "token_id" not in doc:  # made before tokens had ids: give it one now
+                doc = await self._tokens.update(
+                    doc["_id"], set={"token_id": "tok_" + secrets.token_hex(6)}) or doc
+            tokens.append(ApiToken.model_validate(doc))
+        return tokens
+
+    async def token(self, token_id: str) -> ApiToken | None:
+        found = await self._tokens.find({"token_id": token_id}, limit=1)
+        return ApiToken.model_validate(found[0]) if found else None
+
+    async def revoke_token(self, token_id: str) -> bool:
+        found = await self._tokens.find({"token_id": token_id}, limit=1)
+        return bool(found) and await self._tokens.delete(found[0]["_id"])
 
     async def user_for_token(self, token: str) -> User | None:
         doc = await self._tokens.get(_token_id(token))
         if not doc:
             return None
+        if "token_id" in doc:
+            info = ApiToken.model_validate(doc)
+            if info.expired():
+                return None
+            last = doc.get("last_used_epoch") or 0
+            if time.time() - float(last) > _TOKEN_TOUCH_SECONDS:
+                await self._tokens.update(doc["_id"], set={
+                    "last_used_at": utcnow().isoformat(), "last_used_epoch": time.time()})
         user = await self.get(doc["username"])
         return user if user and user.active else None
 
@@ -166,5 +226,6 @@ class Accounts:
             return False
         return True
 
-    async def release_upload(self, username: str) -> None:
-        await self._users.update(username, inc={"file_upload_count": -1})
+    async def release_upload(self, username: str, *, count: int = 1) -> None:
+        """Give back `count` slots taken by `reserve_upload` (a refused or failed file)."""
+        await self._users.update(username, inc={"file_upload_count": -count})

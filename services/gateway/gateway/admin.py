@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.accounts import ROLES, Role, User, UserExists
-from gateway.csrf import CSRF_FAILED, CSRF_FIELD, require_csrf, token_matches
 from gateway.deps import AdminUser, Gateway, GatewayDep, OptionalUser
+from gateway.errors import GatewayError
+from gateway.forms import small_form
 from gateway.pages import flash, login_redirect, render, render_error
 from gateway.reference import KINDS, slug
 
@@ -29,15 +30,13 @@ KIND_LABELS = {
     "areas": ("Areas", "area"),
 }
 MIN_PASSWORD = 8
+# Far beyond any site's need, and well inside what every documents store can count.
+MAX_QUOTA = 1_000_000_000
 NOT_ADMIN = "This page is for administrators only."
 
 
-class AdminError(Exception):
+class AdminError(GatewayError):
     """A refused admin action, with the message the administrator sees."""
-
-    def __init__(self, message: str, *, status_code: int = status.HTTP_400_BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.message, self.status_code = message, status_code
 
 
 # --- what can be asked ----------------------------------------------------------------------
@@ -66,7 +65,7 @@ class UserIn(BaseModel):
     role: Role
     password: str = Field(min_length=MIN_PASSWORD, max_length=200)
     lab_unit_ids: list[str] = []
-    upload_quota: int | None = Field(default=None, ge=0)
+    upload_quota: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
 
 
 class UserPatch(BaseModel):
@@ -76,7 +75,7 @@ class UserPatch(BaseModel):
 
     role: Role | None = None
     lab_unit_ids: list[str] | None = None
-    upload_quota: int | None = Field(default=None, ge=0)
+    upload_quota: int | None = Field(default=None, ge=0, le=MAX_QUOTA)
     password: str | None = Field(default=None, min_length=MIN_PASSWORD, max_length=200)
     active: bool | None = None
 
@@ -100,7 +99,7 @@ async def _check_hospital(gateway: Gateway, kind: str, hospital_id: str | None) 
         return
     if not hospital_id:
         raise AdminError("Choose the hospital this lab unit belongs to.")
-    if await gateway.reference.get("hospitals", hospital_id) is None:
+    if await gateway.reference.active("hospitals", hospital_id) is None:
         raise AdminError("Unknown hospital: choose one from the list.")
 
 
@@ -150,9 +149,23 @@ async def delete_reference(gateway: Gateway, kind: str, item_id: str) -> None:
         if units:
             raise AdminError(
                 "This hospital still has lab units "
-                f"({', '.join(u['name'] for u in units)}). Delete them first.",
+                f"({', '.join(u['name'] for u in units)}). Retire them first.",
                 status_code=status.HTTP_409_CONFLICT)
-    await gateway.reference.delete(kind, item_id)
+    # Retired, not forgotten: old jobs and uploads keep showing its name.
+    await gateway.reference.retire(kind, item_id)
+
+
+async def restore_reference(gateway: Gateway, kind: str, item_id: str) -> None:
+    kind = _kind(kind)
+    current = await gateway.reference.get(kind, item_id)
+    if current is None:
+        raise AdminError(f"No such {KIND_LABELS[kind][1]}.",
+                         status_code=status.HTTP_404_NOT_FOUND)
+    if kind == "lab_units" and await gateway.reference.active(
+            "hospitals", current.get("hospital_id") or "") is None:
+        raise AdminError("Its hospital is retired: restore the hospital first.",
+                         status_code=status.HTTP_409_CONFLICT)
+    await gateway.reference.restore(kind, item_id)
 
 
 async def _check_lab_units(gateway: Gateway, lab_unit_ids: list[str]) -> tuple[str, ...]:
@@ -192,50 +205,53 @@ async def update_user(gateway: Gateway, username: str, patch: UserPatch, *, by: 
         else await gateway.accounts.get(username)
     if updated is None:
         raise AdminError("No such user.", status_code=status.HTTP_404_NOT_FOUND)
+    if "password" in changes or changes.get("active") is False:
+        # A new password or a disabled account: whoever holds an old session is out.
+        await gateway.sessions.end_all(updated.username)
+    await gateway.audit.record("user_changed", actor=by.username, subject=updated.username,
+                               fields=sorted(k for k in changes if k != "password")
+                               + (["password"] if "password" in changes else []))
     return updated
+
+
+async def sign_out_everywhere(gateway: Gateway, username: str, *, by: User) -> int:
+    subject = await gateway.accounts.get(username)
+    if subject is None:
+        raise AdminError("No such user.", status_code=status.HTTP_404_NOT_FOUND)
+    ended = await gateway.sessions.end_all(subject.username)
+    await gateway.audit.record("signed_out_everywhere", actor=by.username,
+                               subject=subject.username, sessions=ended)
+    return ended
 
 
 # --- JSON API -------------------------------------------------------------------------------
 
 
-def _http(error: AdminError) -> HTTPException:
-    return HTTPException(error.status_code, error.message)
-
-
-api_router = APIRouter(prefix="/api/admin", tags=["admin"],
-                       dependencies=[Depends(require_csrf)])
+api_router = APIRouter(prefix="/api/admin", tags=["admin"])
 
 
 @api_router.get("/reference")
 async def api_reference(gateway: GatewayDep, admin: AdminUser) -> dict[str, Any]:
-    return await gateway.reference.all()
+    """Every item, retired ones too (marked `"retired": true`)."""
+    return await gateway.reference.all(include_retired=True)
 
 
 @api_router.post("/reference/{kind}", status_code=status.HTTP_201_CREATED)
 async def api_add_reference(kind: str, item: ReferenceIn, gateway: GatewayDep,
                             admin: AdminUser) -> dict[str, Any]:
-    try:
-        return await add_reference(gateway, kind, item)
-    except AdminError as error:
-        raise _http(error) from None
+    return await add_reference(gateway, kind, item)
 
 
 @api_router.put("/reference/{kind}/{item_id}")
 async def api_rename_reference(kind: str, item_id: str, item: ReferenceIn,
                                gateway: GatewayDep, admin: AdminUser) -> dict[str, Any]:
-    try:
-        return await rename_reference(gateway, kind, item_id, item)
-    except AdminError as error:
-        raise _http(error) from None
+    return await rename_reference(gateway, kind, item_id, item)
 
 
 @api_router.delete("/reference/{kind}/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def api_delete_reference(kind: str, item_id: str, gateway: GatewayDep,
                                admin: AdminUser) -> None:
-    try:
-        await delete_reference(gateway, kind, item_id)
-    except AdminError as error:
-        raise _http(error) from None
+    await delete_reference(gateway, kind, item_id)
 
 
 @api_router.get("/users")
@@ -248,21 +264,22 @@ async def api_users(gateway: GatewayDep, admin: AdminUser) -> dict[str, Any]:
 @api_router.post("/users", status_code=status.HTTP_201_CREATED)
 async def api_create_user(new: UserIn, gateway: GatewayDep, admin: AdminUser
                           ) -> dict[str, Any]:
-    try:
-        user = await create_user(gateway, new)
-    except AdminError as error:
-        raise _http(error) from None
+    user = await create_user(gateway, new)
     return _user_json(user, gateway.settings.max_files_per_upload)
 
 
 @api_router.patch("/users/{username}")
 async def api_update_user(username: str, patch: UserPatch, gateway: GatewayDep,
                           admin: AdminUser) -> dict[str, Any]:
-    try:
-        user = await update_user(gateway, username, patch, by=admin)
-    except AdminError as error:
-        raise _http(error) from None
+    user = await update_user(gateway, username, patch, by=admin)
     return _user_json(user, gateway.settings.max_files_per_upload)
+
+
+@api_router.post("/users/{username}/sign-out")
+async def api_sign_out_everywhere(username: str, gateway: GatewayDep, admin: AdminUser
+                                  ) -> dict[str, Any]:
+    """End every session of the user (their API tokens are revoked separately)."""
+    return {"sessions_ended": await sign_out_everywhere(gateway, username, by=admin)}
 
 
 # --- pages ----------------------------------------------------------------------------------
@@ -283,13 +300,9 @@ async def _admin_or_page(request: Request, user: User | None) -> Response | None
     return None
 
 
-async def _posted(request: Request) -> dict[str, Any] | None:
-    """The posted form's fields, or None when its CSRF token is wrong (flashed)."""
-    form = await request.form()
-    sent = form.get(CSRF_FIELD)
-    if not token_matches(request, sent if isinstance(sent, str) else None):
-        flash(request, CSRF_FAILED, kind="error")
-        return None
+async def _posted(request: Request) -> dict[str, Any]:
+    """The posted form's fields (its CSRF token was checked by the app-wide dependency)."""
+    form = await small_form(request)
     fields: dict[str, Any] = {}
     for key, value in form.multi_items():
         if isinstance(value, str):
@@ -339,9 +352,11 @@ async def reference_page(request: Request, gateway: GatewayDep, user: OptionalUs
     if (refused := await _admin_or_page(request, user)) is not None:
         return refused
     reference = await gateway.reference.all()
-    hospital_names = {h["id"]: h["name"] for h in reference["hospitals"]}
+    everything = await gateway.reference.all(include_retired=True)
+    retired = {kind: [i for i in items if i.get("retired")] for kind, items in everything.items()}
+    hospital_names = {h["id"]: h["name"] for h in everything["hospitals"]}
     return render(request, "admin_reference.html",
-                  {"reference": reference, "kinds": KIND_LABELS,
+                  {"reference": reference, "retired": retired, "kinds": KIND_LABELS,
                    "hospital_names": hospital_names}, user=user)
 
 
@@ -351,8 +366,7 @@ async def reference_add(kind: str, request: Request, gateway: GatewayDep,
     if (refused := await _admin_or_page(request, user)) is not None:
         return refused
     back = f"/admin/reference#{kind}"
-    if (form := await _posted(request)) is None:
-        return _back(back)
+    form = await _posted(request)
     try:
         item = ReferenceIn(name=form.get("name", ""),
                            hospital_id=form.get("hospital_id") or None)
@@ -373,13 +387,17 @@ async def reference_change(kind: str, item_id: str, request: Request, gateway: G
     if (refused := await _admin_or_page(request, user)) is not None:
         return refused
     back = f"/admin/reference#{kind}"
-    if (form := await _posted(request)) is None:
-        return _back(back)
+    form = await _posted(request)
     try:
         if form.get("action") == "delete":
             current = await gateway.reference.get(_kind(kind), item_id)
             await delete_reference(gateway, kind, item_id)
-            flash(request, f"Deleted {KIND_LABELS[kind][1]} “{(current or {}).get('name')}”.")
+            flash(request, f"Retired {KIND_LABELS[kind][1]} “{(current or {}).get('name')}”: "
+                           "it is no longer offered; old uploads keep its name.")
+        elif form.get("action") == "restore":
+            current = await gateway.reference.get(_kind(kind), item_id)
+            await restore_reference(gateway, kind, item_id)
+            flash(request, f"Restored {KIND_LABELS[kind][1]} “{(current or {}).get('name')}”.")
         else:
             item = ReferenceIn(name=form.get("name", ""),
                                hospital_id=form.get("hospital_id") or None)
@@ -420,8 +438,7 @@ async def users_page(request: Request, gateway: GatewayDep, user: OptionalUser) 
 async def users_create(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
     if (refused := await _admin_or_page(request, user)) is not None:
         return refused
-    if (form := await _posted(request)) is None:
-        return _back("/admin/users")
+    form = await _posted(request)
     try:
         new = UserIn.model_validate({
             "username": form.get("username", ""), "role": form.get("role", ""),
@@ -450,7 +467,23 @@ async def user_page(username: str, request: Request, gateway: GatewayDep,
                             message=f"There is no user named “{username}”.",
                             status_code=status.HTTP_404_NOT_FOUND)
     return render(request, "admin_user.html",
-                  {**await _users_context(gateway), "subject": subject}, user=user)
+                  {**await _users_context(gateway), "subject": subject,
+                   "tokens": await gateway.accounts.tokens(subject.username),
+                   "sessions": await gateway.sessions.of(subject.username)}, user=user)
+
+
+@page_router.post("/users/{username}/sign-out", response_model=None)
+async def user_sign_out(username: str, request: Request, gateway: GatewayDep,
+                        user: OptionalUser) -> Response:
+    """"Sign out everywhere": every session of the user ends at once."""
+    if (refused := await _admin_or_page(request, user)) is not None:
+        return refused
+    assert user is not None
+    await small_form(request)
+    ended = await sign_out_everywhere(gateway, username, by=user)
+    flash(request, f"Signed “{username}” out everywhere ({ended} "
+                   f"session{'s' if ended != 1 else ''}).")
+    return _back(f"/admin/users/{username}")
 
 
 @page_router.post("/users/{username}", response_model=None)
@@ -460,8 +493,7 @@ async def user_save(username: str, request: Request, gateway: GatewayDep,
         return refused
     assert user is not None
     back = f"/admin/users/{username}"
-    if (form := await _posted(request)) is None:
-        return _back(back)
+    form = await _posted(request)
     fields: dict[str, Any] = {
         "role": form.get("role") or None,
         "lab_unit_ids": _as_list(form.get("lab_unit_ids")),

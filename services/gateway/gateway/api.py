@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from gateway.deps import CurrentUser, GatewayDep
-from gateway.direct_upload import Audit, FormRejected, receive_direct_upload
-from gateway.jobs import job_view, recent_jobs
-from gateway.multipart import MalformedForm, read_parts
+from gateway.access import Access
+from gateway.deps import CurrentUser, GatewayDep, client_address
+from gateway.direct_upload import Audit, receive_direct_upload
+from gateway.jobs import find_job_view, recent_jobs
+from gateway.multipart import read_parts
 
 __all__ = ["router"]
 
@@ -19,29 +20,24 @@ router = APIRouter(prefix="/api")
 
 def audit_of(request: Request) -> Audit:
     return Audit(
-        ip=request.client.host if request.client else None,
+        ip=client_address(request),
         user_agent=request.headers.get("user-agent"),
     )
 
 
 async def run_direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser
                             ) -> dict[str, Any]:
-    try:
-        result = await receive_direct_upload(
-            read_parts(request.headers.get("content-type", ""), request.stream()),
-            user=user,
-            audit=audit_of(request),
-            settings=gateway.settings,
-            store=gateway.store,
-            docs=gateway.docs,
-            bus=gateway.bus,
-            accounts=gateway.accounts,
-            reference=gateway.reference,
-        )
-    except FormRejected as rejected:
-        raise HTTPException(rejected.status_code, rejected.message) from None
-    except MalformedForm as malformed:
-        raise HTTPException(400, str(malformed)) from None
+    result = await receive_direct_upload(
+        read_parts(request.headers.get("content-type", ""), request.stream()),
+        user=user,
+        audit=audit_of(request),
+        settings=gateway.settings,
+        store=gateway.store,
+        docs=gateway.docs,
+        bus=gateway.bus,
+        accounts=gateway.accounts,
+        reference=gateway.reference,
+    )
     return {
         "job_id": result.job_id,
         "status_url": f"/api/upload-jobs/{result.job_id}/status",
@@ -61,7 +57,7 @@ async def direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser
 
 @router.get("/upload-jobs/{job_id}/status")
 async def job_status(job_id: str, gateway: GatewayDep, user: CurrentUser) -> JSONResponse:
-    view = await job_view(job_id, docs=gateway.docs, include_ip=user.is_admin)
+    view = await find_job_view(job_id, docs=gateway.docs, access=Access(user))
     if view is None:
         raise HTTPException(404, "No job with this token")
     return JSONResponse(view, headers={"Cache-Control": "no-store"})
@@ -69,7 +65,7 @@ async def job_status(job_id: str, gateway: GatewayDep, user: CurrentUser) -> JSO
 
 @router.get("/jobs")
 async def jobs(gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
-    return {"jobs": await recent_jobs(docs=gateway.docs, viewer=user,
+    return {"jobs": await recent_jobs(docs=gateway.docs, access=Access(user),
                                       limit=gateway.settings.recent_jobs_limit)}
 
 

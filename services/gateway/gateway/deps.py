@@ -7,17 +7,32 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
+from gateway.access import Access
 from gateway.accounts import Accounts, User
+from gateway.audit import AuditLog
 from gateway.reference import ReferenceData
+from gateway.sessions import Sessions
 from gateway.settings import GatewaySettings
+from gateway.throttle import SignInThrottle
 from kit.ports import Documents, EventBus, ObjectStore
 
-__all__ = ["SESSION_USER", "AdminUser", "CurrentUser", "Gateway", "GatewayDep", "OptionalUser"]
+__all__ = [
+    "SESSION_ID",
+    "AccessDep",
+    "AdminUser",
+    "CurrentUser",
+    "Gateway",
+    "GatewayDep",
+    "OptionalUser",
+    "client_address",
+]
 
-SESSION_USER = "username"
+# The only thing about the signed-in user the (signed) cookie holds: the server-side
+# session's id (see gateway.sessions).
+SESSION_ID = "sid"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Gateway:
     settings: GatewaySettings
     bus: EventBus
@@ -25,6 +40,9 @@ class Gateway:
     docs: Documents
     accounts: Accounts
     reference: ReferenceData
+    sessions: Sessions
+    audit: AuditLog
+    throttle: SignInThrottle
 
 
 def _gateway(request: Request) -> Gateway:
@@ -35,15 +53,24 @@ def _gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
 async def _optional_user(request: Request, gateway: GatewayDep) -> User | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return await gateway.accounts.user_for_token(header[7:].strip())
     session = request.scope.get("session")
-    if session and (username := session.get(SESSION_USER)):
-        user = await gateway.accounts.get(username)
-        return user if user and user.active else None
-    return None
+    session_id = session.get(SESSION_ID) if session else None
+    if not isinstance(session_id, str):
+        return None
+    username = await gateway.sessions.username(session_id)
+    if username is None:  # ended (signed out elsewhere, password changed) or expired
+        session.pop(SESSION_ID, None)  # type: ignore[union-attr]
+        return None
+    user = await gateway.accounts.get(username)
+    return user if user and user.active else None
 
 
 OptionalUser = Annotated[User | None, Depends(_optional_user)]
@@ -69,3 +96,10 @@ async def _admin(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(_admin)]
+
+
+async def _access(user: CurrentUser) -> Access:
+    return Access(user)
+
+
+AccessDep = Annotated[Access, Depends(_access)]

@@ -6,7 +6,10 @@ computed by the store on the way), so a 200 MB file is refused without being hel
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,12 +21,15 @@ from contracts.envelope import utcnow
 from contracts.events import DirectUploadMetadata, ItemStatusChanged, JobOpened, UploadReceived
 from contracts.topics import ITEM_STATUS, UPLOADS_RECEIVED
 from gateway.accounts import Accounts, User
+from gateway.errors import GatewayError
+from gateway.intake import Claimed, Intake, PendingUpload
+from gateway.jobs import JobItem, JobRecord, JobRecords
 from gateway.multipart import FormPart, read_text
 from gateway.reference import ReferenceData
 from gateway.settings import GatewaySettings
 from kit import tracing
 from kit.blobs import RAW, to_ref
-from kit.ports import Documents, DuplicateKey, EventBus, ObjectStore, StoredObject
+from kit.ports import Documents, EventBus, ObjectStore, StoredObject, Unavailable
 from kit.runtime import Emit, publish_events
 
 __all__ = [
@@ -35,11 +41,14 @@ __all__ = [
     "Audit",
     "FormRejected",
     "UploadResult",
+    "announce_job",
+    "clean_filename",
     "receive_direct_upload",
 ]
 
+log = logging.getLogger(__name__)
+
 SERVICE = "gateway"
-JOBS, FILE_HASHES = "jobs", "file_hashes"
 ALLOWED_TYPES = {"image/jpeg", "image/png"}
 FIELDS = ("hospital", "lab_unit", "camera", "disease", "area", "mydriatic")
 
@@ -50,6 +59,13 @@ NO_FILE = "No selected file"
 DUPLICATE = "Duplicate file"
 QUOTA_EXCEEDED = "Upload quota exceeded"
 SNIFF_BYTES = 2048
+# The form has six fields; a hostile one with thousands of large fields must not cost memory
+# (measured before the cap: 3,000 fields of 60 KB raised the gateway's RSS by 170 MB).
+MAX_FIELDS = 50
+MAX_FIELD_BYTES = 64 * 1024
+TOO_MANY_FIELDS = f"The form has too many fields (at most {MAX_FIELDS})."
+FIELDS_TOO_LARGE = f"The form's fields are too large (at most {MAX_FIELD_BYTES // 1024} KB in all)."
+MAX_FILENAME_CHARS = 255
 
 
 def too_large(settings: GatewaySettings) -> str:
@@ -64,12 +80,8 @@ def too_many_files(limit: int) -> str:
     return f"Too many files in one upload (max {limit}). Please upload fewer files at a time."
 
 
-class FormRejected(Exception):
+class FormRejected(GatewayError):
     """The whole form is refused; nothing of it is kept."""
-
-    def __init__(self, message: str, *, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.status_code = message, status_code
 
 
 class _FileRejected(Exception):
@@ -90,7 +102,6 @@ class _Item:
     filename: str
     stored: StoredObject | None = None
     reason: str | None = None
-    claimed_hash: bool = False
 
 
 @dataclass
@@ -111,8 +122,13 @@ class UploadResult:
         ]
 
 
-def _basename(filename: str) -> str:
-    return filename.replace("\\", "/").rsplit("/", 1)[-1]
+def clean_filename(filename: str) -> str:
+    """The name as the user's computer calls it, kept intact in any script (Devanagari, CJK,
+    right-to-left, emoji), without a path and without control characters (C0, DEL, C1:
+    an ESC in a name could drive a terminal that prints it)."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(ch for ch in base if unicodedata.category(ch) != "Cc")
+    return kept.strip()[:MAX_FILENAME_CHARS]
 
 
 async def _sniffed(chunks: AsyncIterator[bytes]) -> tuple[str, AsyncIterator[bytes]]:
@@ -158,27 +174,37 @@ class _Upload:
     user: User
     settings: GatewaySettings
     store: ObjectStore
-    docs: Documents
-    accounts: Accounts
-    job_id: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    pending: PendingUpload
     items: list[_Item] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
-    seen_md5: set[str] = field(default_factory=set)
+    field_bytes: int = 0
     file_parts: int = 0
+
+    @property
+    def job_id(self) -> str:
+        return self.pending.job_id
+
+    def take_field(self, name: str, value: str) -> None:
+        if len(self.fields) >= MAX_FIELDS:
+            raise FormRejected(TOO_MANY_FIELDS)
+        self.field_bytes += len(name) + len(value.encode())
+        if self.field_bytes > MAX_FIELD_BYTES:
+            raise FormRejected(FIELDS_TOO_LARGE)
+        self.fields[name] = value
 
     async def take_file(self, part: FormPart) -> None:
         self.file_parts += 1
         if self.file_parts > self.settings.direct_upload_max_files:
             await _drain(part.chunks)
             return
-        item = _Item(item_id=uuid.uuid4().hex, filename=_basename(part.filename or ""))
+        item = _Item(item_id=uuid.uuid4().hex, filename=clean_filename(part.filename or ""))
         self.items.append(item)
         if not item.filename:
             await _drain(part.chunks)
             item.reason = NO_FILE
             return
-        quota = self.user.quota(self.settings.max_files_per_upload)
-        if not await self.accounts.reserve_upload(self.user.username, quota=quota):
+        if not await self.pending.take_quota(quota=self.user.quota(
+                self.settings.max_files_per_upload)):
             await _drain(part.chunks)
             item.reason = QUOTA_EXCEEDED
             return
@@ -191,42 +217,15 @@ class _Upload:
                          label=too_large(self.settings)),
                 content_type=mime,
             )
-            await self._claim_hash(item.stored.md5)
-            item.claimed_hash = True
-        except _FileRejected as rejected:
+            await self.pending.claim(item.stored.md5, item_id=item.item_id)
+        except (_FileRejected, Claimed) as refused:
+            # This file alone is refused; the request goes on.
             await _drain(part.chunks)
-            await self._unstore(item)
-            item.reason = rejected.reason
-        except BaseException:
-            await self._unstore(item)
-            raise
-
-    async def _claim_hash(self, md5: str) -> None:
-        if md5 in self.seen_md5:
-            raise _FileRejected(DUPLICATE)
-        try:
-            await self.docs.collection(FILE_HASHES).insert(
-                {"_id": md5, "job_id": self.job_id, "at": utcnow().isoformat()}
-            )
-        except DuplicateKey:
-            raise _FileRejected(DUPLICATE) from None
-        self.seen_md5.add(md5)
-
-    async def _unstore(self, item: _Item) -> None:
-        """Undo what storing one file did: the object, its hash claim, its quota count."""
-        if item.stored is not None:
-            await self.store.delete(RAW, item.stored.key)
-            if item.claimed_hash:
-                self.seen_md5.discard(item.stored.md5)
-                await self.docs.collection(FILE_HASHES).delete(item.stored.md5)
-                item.claimed_hash = False
-            item.stored = None
-        await self.accounts.release_upload(self.user.username)
-
-    async def rollback(self) -> None:
-        for item in self.items:
-            if item.reason is None:
-                await self._unstore(item)
+            if item.stored is not None:
+                await self.store.delete(RAW, item.stored.key)
+                item.stored = None
+            await self.pending.give_back_quota()
+            item.reason = refused.reason if isinstance(refused, _FileRejected) else DUPLICATE
 
 
 async def _validated_metadata(
@@ -235,14 +234,14 @@ async def _validated_metadata(
     values = {name: form.get(name, "").strip() for name in FIELDS}
     if any(not v for v in values.values()):
         raise FormRejected(ALL_FIELDS_REQUIRED)
-    lab_unit = await reference.get("lab_units", values["lab_unit"])
-    hospital = await reference.get("hospitals", values["hospital"])
+    lab_unit = await reference.active("lab_units", values["lab_unit"])
+    hospital = await reference.active("hospitals", values["hospital"])
     if hospital is None or lab_unit is None or lab_unit["hospital_id"] != hospital["id"]:
         raise FormRejected(BAD_COMBINATION)
     if not user.may_use_lab_unit(lab_unit["id"]):
         raise FormRejected(NO_ACCESS, status_code=403)
     for kind, name in (("cameras", "camera"), ("diseases", "disease"), ("areas", "area")):
-        if await reference.get(kind, values[name]) is None:
+        if await reference.active(kind, values[name]) is None:
             raise FormRejected(f"Unknown {name}: please choose one from the list")
     mydriatic = values["mydriatic"].lower()
     if mydriatic not in ("true", "false", "1", "0", "yes", "no", "on", "off",
@@ -270,12 +269,14 @@ async def receive_direct_upload(
     accounts: Accounts,
     reference: ReferenceData,
 ) -> UploadResult:
-    upload = _Upload(user=user, settings=settings, store=store, docs=docs, accounts=accounts)
+    intake = Intake(docs=docs, store=store, accounts=accounts)
+    pending = await intake.begin(job_id=secrets.token_urlsafe(18), username=user.username)
+    upload = _Upload(user=user, settings=settings, store=store, pending=pending)
     metadata: DirectUploadMetadata | None = None
     try:
         async for part in parts:
             if not part.is_file:
-                upload.fields[part.name] = await read_text(part)
+                upload.take_field(part.name, await read_text(part))
                 continue
             if part.name != "files":
                 await _drain(part.chunks)
@@ -293,56 +294,77 @@ async def receive_direct_upload(
         if upload.file_parts > settings.direct_upload_max_files:
             raise FormRejected(too_many_files(settings.direct_upload_max_files),
                                status_code=413)
+        record = _job_record(upload, metadata=metadata, audit=audit)
+        await JobRecords(docs=docs).put(record)
     except BaseException:
-        await upload.rollback()
+        # Refused, failed or cancelled (the client went away): nothing of it is kept.
+        try:
+            await asyncio.shield(pending.give_back())
+        except Exception:
+            # The sweep gives it back later (the request's document says what it took).
+            log.warning("could not give back what job %s took yet", pending.job_id,
+                        exc_info=True)
         raise
-    await _open_job(upload, metadata=metadata, audit=audit, bus=bus)
+    await pending.confirm()
+    try:
+        await announce_job(record, bus=bus)
+    except Unavailable:
+        # The files are safe and the job recorded; the maintenance task announces it as soon
+        # as the event bus is back (`JobRecords.unannounced`).
+        log.warning("job %s recorded; the event bus is unavailable, announcing it later",
+                    record.job_id)
+    else:
+        await JobRecords(docs=docs).mark_announced(record.job_id)
     return UploadResult(job_id=upload.job_id, items=upload.items)
 
 
-async def _open_job(
-    upload: _Upload, *, metadata: DirectUploadMetadata, audit: Audit, bus: EventBus
-) -> None:
-    now = utcnow().isoformat()
-    job_doc = {
-        "_id": upload.job_id,
-        "job_id": upload.job_id,
-        "kind": "direct",
-        "uploader": upload.user.username,
-        "ip": audit.ip,
-        "user_agent": audit.user_agent,
-        "created_at": now,
-        "metadata": metadata.model_dump(),
-        "items": [
-            {
-                "item_id": i.item_id,
-                "filename": i.filename,
-                "size": i.stored.size if i.stored else None,
-                "md5": i.stored.md5 if i.stored else None,
-                "rejected_reason": i.reason,
-            }
+def _job_record(upload: _Upload, *, metadata: DirectUploadMetadata, audit: Audit) -> JobRecord:
+    return JobRecord(
+        job_id=upload.job_id,
+        kind="direct",
+        uploader=upload.user.username,
+        ip=audit.ip,
+        user_agent=audit.user_agent,
+        created_at=utcnow().isoformat(),
+        metadata=metadata,
+        items=tuple(
+            JobItem(item_id=i.item_id, filename=i.filename,
+                    size=i.stored.size if i.stored else None,
+                    md5=i.stored.md5 if i.stored else None,
+                    raw=to_ref(i.stored) if i.stored else None,
+                    rejected_reason=i.reason)
             for i in upload.items
-        ],
-        "rejected_count": sum(1 for i in upload.items if i.reason),
-    }
-    await upload.docs.collection(JOBS).put(job_doc)
-    job_id = upload.job_id
+        ),
+        rejected_count=sum(1 for i in upload.items if i.reason),
+    )
+
+
+async def announce_job(record: JobRecord, *, bus: EventBus) -> None:
+    """Publish the job's events: opened, each file's first status, each accepted file.
+
+    Their ids derive from the job and item ids, so announcing again (after an outage, see
+    `JobRecords.unannounced`) publishes the very same events and consumers drop copies."""
+    job_id = record.job_id
     emits: list[Emit] = [
         Emit(ITEM_STATUS, JobOpened(job_id=job_id, kind="direct",
-                                    item_ids=tuple(i.item_id for i in upload.items)))
+                                    item_ids=tuple(i.item_id for i in record.items)))
     ]
-    for item in upload.items:
+    for item in record.items:
         emits.append(Emit(ITEM_STATUS, ItemStatusChanged(
-            job_id=job_id, item_id=item.item_id, status="error" if item.reason else "queued",
-            reason=item.reason, service=SERVICE)))
-    await publish_events(bus, emits, source=SERVICE)
-    for item in upload.items:
-        if item.stored is None or item.reason is not None:
+            job_id=job_id, item_id=item.item_id,
+            status="error" if item.rejected_reason else "queued",
+            reason=item.rejected_reason, service=SERVICE)))
+    await publish_events(bus, emits, source=SERVICE, caused_by=f"job:{job_id}")
+    metadata = record.metadata
+    for item in record.items:
+        if item.raw is None or item.rejected_reason is not None:
             continue
         received = UploadReceived(job_id=job_id, item_id=item.item_id, kind="image",
-                                  object=to_ref(item.stored),
-                                  uploader_id=upload.user.username, metadata=metadata)
+                                  object=item.raw, uploader_id=record.uploader,
+                                  metadata=metadata)
         # One trace per file, from here through every service that handles it.
         with tracing.span("gateway receive file", job_id=job_id, item_id=item.item_id):
             await publish_events(bus, [Emit(UPLOADS_RECEIVED, received, key=item.item_id)],
-                                 source=SERVICE)
+                                 source=SERVICE, caused_by=f"item:{item.item_id}")
+
+

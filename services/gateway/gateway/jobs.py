@@ -1,100 +1,176 @@
-"""The job view: the gateway's job record (who, from where, which files) joined with the
-status document the job-tracker maintains."""
+"""Jobs as the gateway records them (who, from where, which files, what was refused at the
+door), and the job view: that record joined with the job-tracker's status read model."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
-from gateway.accounts import User
-from kit.ports import Documents
+from pydantic import BaseModel, ConfigDict
 
-__all__ = ["JOBS", "STATUS", "job_view", "recent_jobs"]
+from contracts.events import DirectUploadMetadata, ObjectRef
+from gateway.access import Access
+from job_tracker.read_model import ItemState, JobStatus, JobStatuses
+from job_tracker.status import job_state
+from kit.ports import Documents, Index, Range
 
-JOBS, STATUS = "jobs", "job_status"
-_TERMINAL = ("completed", "error")
+__all__ = [
+    "INDEXES",
+    "JOBS",
+    "JobItem",
+    "JobRecord",
+    "JobRecords",
+    "find_job_view",
+    "job_view",
+    "recent_jobs",
+]
+
+JOBS = "jobs"
+INDEXES: Mapping[str, Sequence[Index]] = {
+    JOBS: (
+        Index(fields=(("created_at", -1),)),
+        Index(fields=(("uploader", 1), ("created_at", -1))),
+        Index(fields=(("announced", 1), ("created_at", 1))),
+    ),
+}
+_COUNTED = ("queued", "processing", "completed", "error")
 
 
-def _merge(job: dict[str, Any], status: dict[str, Any] | None, *, include_ip: bool
-           ) -> dict[str, Any]:
-    tracked: dict[str, Any] = (status or {}).get("items", {})
-    items = []
-    for entry in job["items"]:
-        state = tracked.get(entry["item_id"])
-        if state is None:  # not tracked yet: rejected at the door, or still queued
-            state = {"status": "error" if entry["rejected_reason"] else "queued",
-                     "reason": entry["rejected_reason"], "started_at": None,
-                     "finished_at": None}
-        items.append({
-            "item_id": entry["item_id"],
-            "filename": entry["filename"],
-            "size": entry.get("size"),
-            "status": state["status"],
-            "reason": state.get("reason"),
-            "started_at": state.get("started_at"),
-            "finished_at": state.get("finished_at"),
-            "parent_item_id": state.get("parent_item_id"),
-        })
-    known = {i["item_id"] for i in items}
+class JobItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    item_id: str
+    filename: str
+    size: int | None = None
+    md5: str | None = None
+    raw: ObjectRef | None = None  # where the accepted file is kept as received
+    rejected_reason: str | None = None
+
+
+class JobRecord(BaseModel):
+    """One submission as received. Written once, when the job opens; filenames may hold a
+    patient's name, so this never leaves the gateway (events carry item ids only)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: str
+    kind: Literal["direct", "archive", "scan"] = "direct"
+    uploader: str
+    ip: str | None = None
+    user_agent: str | None = None
+    created_at: str
+    metadata: DirectUploadMetadata | None = None
+    items: tuple[JobItem, ...] = ()
+    rejected_count: int = 0
+    # The outbox flag: False until every event of the job is published (see `announce_job`).
+    announced: bool = False
+
+    def item(self, item_id: str) -> JobItem | None:
+        return next((i for i in self.items if i.item_id == item_id), None)
+
+
+class JobRecords:
+    """The repository of `JobRecord`s (the `jobs` collection)."""
+
+    def __init__(self, *, docs: Documents) -> None:
+        self._collection = docs.collection(JOBS)
+
+    async def put(self, record: JobRecord) -> None:
+        await self._collection.put({"_id": record.job_id, **record.model_dump(mode="json")})
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        doc = await self._collection.get(job_id)
+        return None if doc is None else JobRecord.model_validate(doc)
+
+    async def mark_announced(self, job_id: str) -> None:
+        await self._collection.update(job_id, set={"announced": True})
+
+    async def unannounced(self, *, created_before: str, limit: int = 100) -> list[JobRecord]:
+        """Jobs recorded while the event bus was down, oldest first."""
+        docs = await self._collection.find({"announced": False, "created_at": Range(
+            lt=created_before)}, sort=[("created_at", 1)], limit=limit)
+        return [JobRecord.model_validate(doc) for doc in docs]
+
+    async def recent(self, *, uploader: str | None, limit: int) -> list[JobRecord]:
+        where = {} if uploader is None else {"uploader": uploader}
+        docs = await self._collection.find(where, sort=[("created_at", -1)], limit=limit)
+        return [JobRecord.model_validate(doc) for doc in docs]
+
+
+def _provisional(entry: JobItem) -> ItemState:
+    """An item the tracker has not reported yet: refused at the door, or still queued."""
+    return ItemState(status="error" if entry.rejected_reason else "queued",
+                     reason=entry.rejected_reason)
+
+
+def job_view(job: JobRecord, status: JobStatus | None, *, include_ip: bool,
+             include_items: bool = True) -> dict[str, Any]:
+    """What the status API answers and the pages show for one job."""
+    tracked = status.items if status is not None else {}
+    items: list[dict[str, Any]] = []
+    for entry in job.items:
+        state = tracked.get(entry.item_id) or _provisional(entry)
+        items.append({"item_id": entry.item_id, "filename": entry.filename,
+                      "size": entry.size, **_state(state)})
+    known = {entry.item_id for entry in job.items}
     for item_id, state in tracked.items():  # children found inside archives
         if item_id not in known:
-            items.append({"item_id": item_id, "filename": None, "size": None, **{
-                k: state.get(k) for k in ("status", "reason", "started_at", "finished_at",
-                                          "parent_item_id")}})
-    counts = {s: sum(1 for i in items if i["status"] == s)
-              for s in ("queued", "processing", "completed", "error")}
+            items.append({"item_id": item_id, "filename": None, "size": None, **_state(state)})
+    counts = {s: sum(1 for i in items if i["status"] == s) for s in _COUNTED}
+    if status is not None and status.opened:
+        state_name, message = status.status, status.message
+    else:  # not seen by the tracker yet: derived the tracker's way from what is known
+        state_name, message = job_state([i["status"] for i in items])
     total = len(items)
-    if status is not None and status.get("opened"):
-        job_state, message = status["status"], status.get("message")
-    elif total and counts["error"] == total:
-        job_state, message = "error", "One or more files failed"
-    else:
-        job_state, message = "queued", None
     finished = counts["completed"] + counts["error"]
-    view = {
-        "job_id": job["job_id"],
-        "token": job["job_id"],
-        "kind": job["kind"],
-        "status": job_state,
+    view: dict[str, Any] = {
+        "job_id": job.job_id,
+        "token": job.job_id,
+        "kind": job.kind,
+        "status": state_name,
         "message": message,
-        "uploader": job["uploader"],
-        "user_agent": job.get("user_agent"),
-        "created_at": job["created_at"],
-        "completed_at": (status or {}).get("finished_at") if job_state in ("done", "error")
-        else None,
-        "metadata": job.get("metadata"),
+        "uploader": job.uploader,
+        "user_agent": job.user_agent,
+        "created_at": job.created_at,
+        "completed_at": status.finished_at
+        if status is not None and state_name in ("done", "error") else None,
+        "metadata": job.metadata.model_dump() if job.metadata else None,
         "total": total,
         "processed": finished,
         "succeeded": counts["completed"],
         "failed": counts["error"],
         "queued": counts["queued"],
         "processing": counts["processing"],
-        "rejected_count": job.get("rejected_count", 0),
+        "rejected_count": job.rejected_count,
         "progress": round(100 * finished / total) if total else 100,
-        "items": items,
     }
+    if include_items:
+        view["items"] = items
     if include_ip:
-        view["ip"] = job.get("ip")
+        view["ip"] = job.ip
     return view
 
 
-async def job_view(job_id: str, *, docs: Documents, include_ip: bool) -> dict[str, Any] | None:
-    job = await docs.collection(JOBS).get(job_id)
-    if job is None:
-        return None
-    status = await docs.collection(STATUS).get(job_id)
-    return _merge(job, status, include_ip=include_ip)
+def _state(state: ItemState) -> dict[str, Any]:
+    return {"status": state.status, "reason": state.reason, "started_at": state.started_at,
+            "finished_at": state.finished_at, "parent_item_id": state.parent_item_id}
 
 
-async def recent_jobs(*, docs: Documents, viewer: User, limit: int = 100
+async def recent_jobs(*, docs: Documents, access: Access, limit: int = 100
                       ) -> list[dict[str, Any]]:
-    """The most recent jobs the viewer may list: uploaders see their own (the list shows job
-    tokens, and a token opens a job); data managers and admins see everyone's."""
-    where = {} if viewer.role in ("admin", "data_manager") else {"uploader": viewer.username}
-    jobs = await docs.collection(JOBS).find(where, sort=[("created_at", -1)], limit=limit)
-    out = []
-    for job in jobs:
-        view = _merge(job, await docs.collection(STATUS).get(job["_id"]),
-                      include_ip=viewer.is_admin)
-        view.pop("items")
-        out.append(view)
-    return out
+    """The most recent jobs the viewer may list (see `Access.lists_jobs_of`), with their
+    statuses fetched in one query."""
+    records = await JobRecords(docs=docs).recent(uploader=access.lists_jobs_of(), limit=limit)
+    statuses = await JobStatuses(docs=docs).get_many(r.job_id for r in records)
+    return [job_view(r, statuses.get(r.job_id), include_ip=access.sees_audit_details,
+                     include_items=False) for r in records]
+
+
+async def find_job_view(job_id: str, *, docs: Documents, access: Access
+                        ) -> dict[str, Any] | None:
+    """The view of the job this token opens, or None."""
+    record = await JobRecords(docs=docs).get(job_id)
+    if record is None:
+        return None
+    status = await JobStatuses(docs=docs).get(job_id)
+    return job_view(record, status, include_ip=access.sees_audit_details)

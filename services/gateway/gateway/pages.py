@@ -7,8 +7,8 @@ server renders, the scripts only add live updates, drag-and-drop and in-page err
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,22 +19,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
+from gateway.access import Access
 from gateway.accounts import User
-from gateway.api import audit_of, run_direct_upload
-from gateway.csrf import (
-    CSRF_FAILED,
-    CSRF_FIELD,
-    CSRF_HEADER,
-    csrf_token,
-    new_csrf_token,
-    token_matches,
-)
-from gateway.deps import SESSION_USER, Gateway, GatewayDep, OptionalUser
-from gateway.direct_upload import FormRejected, receive_direct_upload
-from gateway.jobs import job_view, recent_jobs
-from gateway.multipart import FormPart, MalformedForm, read_parts, read_text
+from gateway.api import run_direct_upload
+from gateway.csrf import CSRF_FIELD, CSRF_HEADER, csrf_token, new_csrf_token
+from gateway.deps import SESSION_ID, Gateway, GatewayDep, OptionalUser, client_address
+from gateway.errors import GatewayError
+from gateway.forms import small_form
+from gateway.jobs import find_job_view, recent_jobs
+from gateway.throttle import TooManySignIns
 
 __all__ = [
+    "DOCS_HTML",
     "STATIC_DIR",
     "flash",
     "login_redirect",
@@ -91,6 +87,12 @@ def _when(value: str | None) -> Markup:
     return Markup('<time datetime="{}">{}</time>').format(value, text)
 
 
+def _epoch_when(value: float | None) -> Markup:
+    if value is None:
+        return _when(None)
+    return _when(datetime.fromtimestamp(value, UTC).isoformat())
+
+
 def _size(value: int | None) -> str:
     if value is None:
         return "—"
@@ -110,7 +112,8 @@ def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     env = templates.env
     env.globals.update(static_url=static_url, ROLE_LABELS=ROLE_LABELS, CSRF_FIELD=CSRF_FIELD)
-    env.filters.update(when=_when, filesize=_size, status_label=_status_label)
+    env.filters.update(when=_when, epoch_when=_epoch_when, filesize=_size,
+                       status_label=_status_label)
     env.trim_blocks = env.lstrip_blocks = True
     return templates
 
@@ -122,7 +125,8 @@ def flash(request: Request, text: str, *, kind: str = "success") -> None:
 
 
 def render(request: Request, name: str, context: Mapping[str, Any] | None = None, *,
-           user: User | None, status_code: int = 200) -> HTMLResponse:
+           user: User | None, status_code: int = 200,
+           headers: Mapping[str, str] | None = None) -> HTMLResponse:
     session = request.scope.setdefault("session", {})
     flashes = session.pop(_FLASH_KEY, [])
     response: HTMLResponse = _templates().TemplateResponse(
@@ -130,15 +134,33 @@ def render(request: Request, name: str, context: Mapping[str, Any] | None = None
         {"user": user, "csrf_token": csrf_token(request), "flashes": flashes,
          **(context or {})},
         status_code=status_code,
-        headers={"Cache-Control": "no-store"},
+        headers={"Cache-Control": "no-store", **(headers or {})},
     )
     return response
 
 
 def render_error(request: Request, *, user: User | None, title: str, message: str,
-                 status_code: int) -> HTMLResponse:
+                 status_code: int, headers: Mapping[str, str] | None = None) -> HTMLResponse:
     return render(request, "error.html", {"title": title, "message": message}, user=user,
-                  status_code=status_code)
+                  status_code=status_code, headers=headers)
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>imaging-uploader API</title>
+  <link rel="icon" href="/favicon.ico">
+  <link rel="stylesheet" href="/docs-assets/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs-assets/swagger-ui-bundle.js"></script>
+  <script src="/docs-assets/swagger-ui-standalone-preset.js"></script>
+  <script src="/static/docs.js"></script>
+</body>
+</html>
+"""
 
 
 def login_redirect(request: Request) -> RedirectResponse:
@@ -178,37 +200,50 @@ async def login_page(request: Request, user: OptionalUser, next: str | None = No
 
 @router.post("/login")
 async def login(request: Request, gateway: GatewayDep) -> Response:
-    form = await request.form()
+    form = await small_form(request)
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
     target = _safe_next(str(form.get("next") or ""))
     context = {"next": target, "username": username}
-    sent = form.get(CSRF_FIELD)
-    if not token_matches(request, sent if isinstance(sent, str) else None):
-        new_csrf_token(request)
-        return render(request, "login.html", {**context, "error": CSRF_FAILED}, user=None,
-                      status_code=status.HTTP_403_FORBIDDEN)
+    client = client_address(request)
+    user_agent = request.headers.get("user-agent")
     if not username or not password:
         return render(request, "login.html",
                       {**context, "error": "Please enter your username and password."},
                       user=None, status_code=status.HTTP_400_BAD_REQUEST)
+    try:
+        await gateway.throttle.check(username, client)
+    except TooManySignIns as locked:
+        await gateway.audit.record("sign_in_refused", subject=username.lower(), ip=client,
+                                   user_agent=user_agent, reason="locked")
+        return render(request, "login.html", {**context, "error": locked.message}, user=None,
+                      status_code=locked.status_code, headers=locked.headers)
     user = await gateway.accounts.authenticate(username, password)
     if user is None:
+        await gateway.throttle.failed(username, client)
+        await gateway.audit.record("sign_in_failed", subject=username.lower(), ip=client,
+                                   user_agent=user_agent)
         return render(request, "login.html", {**context, "error": WRONG_PASSWORD}, user=None,
                       status_code=status.HTTP_401_UNAUTHORIZED)
+    await gateway.throttle.succeeded(username)
     request.session.clear()  # nothing from before sign-in carries over (session fixation)
-    request.session[SESSION_USER] = user.username
+    request.session[SESSION_ID] = await gateway.sessions.start(
+        user.username, ip=client, user_agent=user_agent)
     new_csrf_token(request)
+    await gateway.audit.record("signed_in", actor=user.username, ip=client,
+                               user_agent=user_agent)
     return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/logout")
-async def logout(request: Request, user: OptionalUser) -> Response:
-    form = await request.form()
-    sent = form.get(CSRF_FIELD)
-    if user is not None and not token_matches(request, sent if isinstance(sent, str) else None):
-        return render_error(request, user=user, title="Please try again", message=CSRF_FAILED,
-                            status_code=status.HTTP_403_FORBIDDEN)
+async def logout(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    session_id = request.session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        await gateway.sessions.end(session_id)  # a copy of the cookie is worth nothing now
+    if user is not None:
+        await gateway.audit.record("signed_out", actor=user.username,
+                                   ip=client_address(request),
+                                   user_agent=request.headers.get("user-agent"))
     request.session.clear()
     new_csrf_token(request)
     flash(request, SIGNED_OUT)
@@ -262,62 +297,27 @@ async def upload_page(request: Request, gateway: GatewayDep, user: OptionalUser)
     return render(request, "upload.html", {**context, "values": {}}, user=user)
 
 
-class _CsrfMissing(Exception):
-    pass
-
-
-async def _after_csrf_field(request: Request) -> AsyncIterator[FormPart]:
-    """The parts of a form posted without JavaScript: its first part must be the CSRF field
-    (the template puts it first), checked before any file byte is read."""
-    parts = read_parts(request.headers.get("content-type", ""), request.stream())
-    first = await anext(parts, None)
-    if first is None or first.name != CSRF_FIELD or first.is_file:
-        raise _CsrfMissing
-    if not token_matches(request, await read_text(first)):
-        raise _CsrfMissing
-
-    async def rest() -> AsyncIterator[FormPart]:
-        async for part in parts:
-            yield part
-
-    return rest()
-
-
 @router.post("/direct/upload", response_model=None)
 async def upload(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
-    """The upload page's form. With JavaScript: the CSRF header, a JSON answer, and the page
-    shows any error itself. Without: the CSRF field first, then a redirect or the page again."""
+    """The upload page's form. With JavaScript (the CSRF header): a JSON answer, and the page
+    shows any error itself. Without: a redirect to the job, or the page again with the error.
+    (The CSRF token was checked by the app-wide dependency before any file byte was read.)"""
     if CSRF_HEADER.lower() in request.headers:
         if user is None:
             return JSONResponse({"detail": SESSION_ENDED}, status.HTTP_401_UNAUTHORIZED)
-        if not token_matches(request, request.headers[CSRF_HEADER]):
-            return JSONResponse({"detail": CSRF_FAILED}, status.HTTP_403_FORBIDDEN)
         result = await run_direct_upload(request, gateway, user)
         return JSONResponse(result, status.HTTP_201_CREATED)
     if user is None:
         return login_redirect(request)
-    error: str
-    status_code: int
     try:
-        parts = await _after_csrf_field(request)
-        received = await receive_direct_upload(
-            parts, user=user, audit=audit_of(request), settings=gateway.settings,
-            store=gateway.store, docs=gateway.docs, bus=gateway.bus,
-            accounts=gateway.accounts, reference=gateway.reference,
-        )
-    except _CsrfMissing:
-        error, status_code = CSRF_FAILED, status.HTTP_403_FORBIDDEN
-    except FormRejected as rejected:
-        error, status_code = rejected.message, rejected.status_code
-    except MalformedForm as malformed:
-        error, status_code = str(malformed), status.HTTP_400_BAD_REQUEST
-    else:
-        return RedirectResponse(f"/direct/upload/processing/{received.job_id}",
-                                status.HTTP_303_SEE_OTHER)
-    fresh = await gateway.accounts.get(user.username) or user
-    context = await _upload_form_context(gateway, fresh)
-    return render(request, "upload.html", {**context, "error": error, "values": {}},
-                  user=fresh, status_code=status_code)
+        received = await run_direct_upload(request, gateway, user)
+    except GatewayError as refused:
+        fresh = await gateway.accounts.get(user.username) or user
+        context = await _upload_form_context(gateway, fresh)
+        return render(request, "upload.html",
+                      {**context, "error": refused.message, "values": {}},
+                      user=fresh, status_code=refused.status_code)
+    return RedirectResponse(received["processing_url"], status.HTTP_303_SEE_OTHER)
 
 
 # --- one job --------------------------------------------------------------------------------
@@ -327,15 +327,14 @@ async def _job_page(request: Request, gateway: Gateway, user: User | None, job_i
                     template: str) -> Response:
     if user is None:
         return login_redirect(request)
-    view = await job_view(job_id, docs=gateway.docs, include_ip=user.is_admin)
+    view = await find_job_view(job_id, docs=gateway.docs, access=Access(user))
     if view is None:
         return render_error(
             request, user=user, title="Upload job not found",
             message="There is no upload job with this token. Please check the link, or find "
                     "the job in Recent Jobs.",
             status_code=status.HTTP_404_NOT_FOUND)
-    reference = await gateway.reference.all()
-    names = {kind: {i["id"]: i["name"] for i in items} for kind, items in reference.items()}
+    names = await gateway.reference.names()
     return render(request, template, {"job": view, "names": names}, user=user)
 
 
@@ -362,7 +361,7 @@ async def jobs_page(request: Request, gateway: GatewayDep, user: OptionalUser) -
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Please sign in",
                                 headers={"WWW-Authenticate": "Bearer"})
         return login_redirect(request)
-    jobs = await recent_jobs(docs=gateway.docs, viewer=user,
+    jobs = await recent_jobs(docs=gateway.docs, access=Access(user),
                              limit=gateway.settings.recent_jobs_limit)
     if as_json:
         return JSONResponse({"jobs": jobs}, headers={"Cache-Control": "no-store", "Vary": "Accept"})

@@ -1,4 +1,7 @@
-"""Reference data: hospitals, lab units (each of a hospital), cameras, diseases, areas."""
+"""Reference data: hospitals, lab units (each of a hospital), cameras, diseases, areas.
+
+Items are never forgotten, only retired: a retired camera is no longer offered on the form,
+but old jobs and uploads that name it still show its name (not a bare id)."""
 
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ def _public(doc: dict[str, Any]) -> dict[str, Any]:
     out = {"id": doc["_id"], "name": doc["name"]}
     if "hospital_id" in doc:
         out["hospital_id"] = doc["hospital_id"]
+    if doc.get("retired"):
+        out["retired"] = True
     return out
 
 
@@ -55,28 +60,47 @@ class ReferenceData:
     def __init__(self, *, docs: Documents) -> None:
         self._docs = docs
 
-    async def all(self) -> dict[str, list[dict[str, Any]]]:
-        return {kind: await self.list(kind) for kind in KINDS}
+    async def all(self, *, include_retired: bool = False) -> dict[str, list[dict[str, Any]]]:
+        return {kind: await self.list(kind, include_retired=include_retired) for kind in KINDS}
 
-    async def list(self, kind: str) -> list[dict[str, Any]]:
+    async def list(self, kind: str, *, include_retired: bool = False) -> list[dict[str, Any]]:
         docs = await self._docs.collection(kind).find(sort=[("name", 1)])
-        return [_public(d) for d in docs]
+        return [_public(d) for d in docs if include_retired or not d.get("retired")]
+
+    async def names(self) -> dict[str, dict[str, str]]:
+        """Every item's name by kind and id, retired ones too (for old jobs and uploads)."""
+        everything = await self.all(include_retired=True)
+        return {kind: {i["id"]: i["name"] for i in items} for kind, items in everything.items()}
 
     async def get(self, kind: str, item_id: str) -> dict[str, Any] | None:
+        """The item, retired or not (see `active`)."""
         doc = await self._docs.collection(kind).get(item_id)
         return _public(doc) if doc else None
+
+    async def active(self, kind: str, item_id: str) -> dict[str, Any] | None:
+        """The item if it is still offered."""
+        item = await self.get(kind, item_id)
+        return None if item is None or item.get("retired") else item
 
     async def put(self, kind: str, item: dict[str, Any]) -> dict[str, Any]:
         if kind not in KINDS:
             raise KeyError(kind)
-        doc = {"_id": item.get("id") or slug(item["name"]), "name": item["name"].strip()}
+        doc: dict[str, Any] = {"_id": item.get("id") or slug(item["name"]),
+                               "name": item["name"].strip()}
         if kind == "lab_units":
             doc["hospital_id"] = item["hospital_id"]
+        if item.get("retired"):
+            doc["retired"] = True
         await self._docs.collection(kind).put(doc)
         return _public(doc)
 
-    async def delete(self, kind: str, item_id: str) -> bool:
-        return await self._docs.collection(kind).delete(item_id)
+    async def retire(self, kind: str, item_id: str) -> bool:
+        return await self._docs.collection(kind).update(item_id, set={"retired": True}) \
+            is not None
+
+    async def restore(self, kind: str, item_id: str) -> bool:
+        return await self._docs.collection(kind).update(item_id, set={"retired": False}) \
+            is not None
 
 
 async def seed_reference_data(docs: Documents) -> bool:

@@ -43,7 +43,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     await accounts.create_user(username="small", role="uploader", password="pw-small-1",
                                lab_unit_ids=("city-retina-clinic",), upload_quota=2)
     await accounts.create_user(username="boss", role="admin", password="pw-boss-1")
-    tokens = {u: await accounts.create_token(u) for u in ("camp", "small", "boss")}
+    tokens = {u: (await accounts.create_token(u))[0] for u in ("camp", "small", "boss")}
     app = create_app(settings=settings, bus=bus, store=store, docs=docs)
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5555))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

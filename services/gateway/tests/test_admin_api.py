@@ -43,7 +43,7 @@ async def upload(site: Any, user: str, count: int, first_seed: int) -> httpx.Res
 # --- reference data -------------------------------------------------------------------------
 
 
-async def test_an_admin_adds_renames_and_deletes_reference_data(site: Any) -> None:
+async def test_an_admin_adds_renames_and_retires_reference_data(site: Any) -> None:
     auth = site.auth("boss")
     added = await site.client.post("/api/admin/reference/hospitals", headers=auth,
                                    json={"name": "Hill Clinic"})
@@ -71,9 +71,11 @@ async def test_an_admin_adds_renames_and_deletes_reference_data(site: Any) -> No
     for path in ("lab_units/mobile-camp", "hospitals/hill-clinic", "cameras/optos-daytona"):
         gone = await site.client.delete(f"/api/admin/reference/{path}", headers=auth)
         assert gone.status_code == 204, path
+    offered = (await site.client.get("/api/reference", headers=site.auth("camp"))).json()
+    assert "hill-clinic" not in {h["id"] for h in offered["hospitals"]}
+    assert "optos-daytona" not in {c["id"] for c in offered["cameras"]}
     after = (await site.client.get("/api/admin/reference", headers=auth)).json()
-    assert "hill-clinic" not in {h["id"] for h in after["hospitals"]}
-    assert "optos-daytona" not in {c["id"] for c in after["cameras"]}
+    assert {"id": "optos-daytona", "name": "Optos Daytona", "retired": True} in after["cameras"]
 
 
 async def test_two_hospitals_may_each_have_a_lab_unit_of_the_same_name(site: Any) -> None:
@@ -220,7 +222,7 @@ async def test_the_admin_api_with_the_session_needs_the_csrf_header(site: Any) -
 # --- the admin pages ------------------------------------------------------------------------
 
 
-async def test_the_reference_page_adds_renames_and_deletes(site: Any) -> None:
+async def test_the_reference_page_adds_renames_retires_and_restores(site: Any) -> None:
     token = await sign_in(site, "boss", "pw-boss-1")
     page = await site.client.get("/admin/reference")
     assert page.status_code == 200
@@ -240,9 +242,14 @@ async def test_the_reference_page_adds_renames_and_deletes(site: Any) -> None:
     assert "still has lab units" in (await site.client.get("/admin/reference")).text
     await site.client.post("/admin/reference/lab_units/eye-camp-2", data={
         "csrf_token": token, "action": "delete"})
-    assert await site.docs.collection("lab_units").get("eye-camp-2") is None
+    assert (await site.docs.collection("lab_units").get("eye-camp-2"))["retired"] is True
+    page = (await site.client.get("/admin/reference")).text
+    assert "Retired lab units (1)" in page
+    await site.client.post("/admin/reference/lab_units/eye-camp-2", data={
+        "csrf_token": token, "action": "restore"})
+    assert (await site.docs.collection("lab_units").get("eye-camp-2"))["retired"] is False
     forged = await site.client.post("/admin/reference/cameras", data={"name": "Forged"})
-    assert forged.status_code == 303
+    assert forged.status_code == 403
     assert await site.docs.collection("cameras").get("forged") is None
 
 

@@ -1,17 +1,19 @@
 """Job-tracker on Kafka: a faust-streaming app, the distributed way to run the tracker.
 
 On the embedded bus the generic `kit.runtime.ServiceRunner` runs `job_tracker.service`; on
-Kafka this app does, with the same handler (`track`), the same metrics and the same dead-letter
-topic. One agent consumes `items.status` in the consumer group ``job-tracker``; the topic is
+Kafka this app does, and both hand every event to the same `kit.runtime.EventProcessor`
+(decode, idempotency ledger, retries, dead letters, metrics, tracing): the agent only
+iterates. One agent consumes `items.status` in the consumer group ``job-tracker``; the topic is
 keyed by job id, so one job's events stay on one partition and reach one member in order,
 which is what makes `track`'s read-modify-write safe.
 
-Delivery is at-least-once: faust acks an event once the agent is done with it and commits
-acked offsets periodically and on shutdown (after the event in hand is finished). The fold is
-idempotent, so an event seen twice after a crash changes nothing.
+Delivery is at-least-once: the agent's stream does not acknowledge by itself (`noack`); an event
+is acknowledged only once the processor is done with it (its dead letter written, if it failed),
+and faust commits acknowledged offsets periodically and on shutdown. An event whose processing
+was released by a stop during an outage stays unacknowledged, so it is delivered again.
 
 faust never creates or alters a topic here (``topic_allow_declare=False``): the platform
-creates them with their partition counts beforehand (`ensure_topics` in `run_worker` does it
+creates them with their partition counts beforehand (`ensure_topics` in `work` does it
 again, idempotently, so the worker may start first). Without tables or the leader topic this
 app needs no faust-internal topics at all.
 """
@@ -22,111 +24,38 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
-from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from contracts.envelope import CloudEvent
-from contracts.events import decode
 from contracts.topics import ALL_TOPICS, ITEM_STATUS, dead_letter
-from job_tracker.service import NAME, STATUS_COLLECTION, track
-from kit import tracing
-from kit.ports import Collection, EventBus, Message
-from kit.runtime import EVENTS, HANDLER_SECONDS
-from kit.settings import PlatformSettings
-from kit.telemetry import configure_logging, configure_tracing
+from job_tracker.service import NAME
+from job_tracker.spec import SPEC
+from kit.ports import Delivery, Message
+from kit.runtime import EventProcessor, Released
+from kit.service import Platform, build_processor
 
-if TYPE_CHECKING:
-    from uploader.bootstrap import Platform
-
-__all__ = ["StatusEventHandler", "build_app", "run_worker", "text_headers"]
+__all__ = ["build_app", "delivery_of", "text_headers", "work"]
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("imaging-uploader.job-tracker")
 
 # How long a graceful stop may take (finish the event in hand, commit, leave the group).
 STOP_TIMEOUT_SECONDS = 30.0
 
 
-class StatusEventHandler:
-    """What the agent does with one event: decode, fold into the job's document, count.
-
-    It deals with failures itself (skip, retry, dead-letter) because faust acks the event in
-    hand even when the agent raises (the stream's ``finally`` acks it; the old
-    ``stream_ack_exceptions`` setting no longer does anything) and then restarts the agent, so
-    an escaping exception drops the event. Only a failed dead-letter publish (Kafka itself
-    gone) still escapes; faust logs it with the agent's crash.
-    """
-
-    def __init__(self, *, statuses: Collection, bus: EventBus, settings: PlatformSettings) -> None:
-        self._statuses = statuses
-        self._bus = bus
-        self._max_attempts = settings.max_attempts
-        self._retry_base_seconds = settings.retry_base_seconds
-
-    async def handle(self, event: Any) -> None:
-        """`event` is a faust `EventT` (raw key and value, headers, the Kafka message)."""
-        message = event.message
-        topic: str = message.topic
-        headers = text_headers(event.headers)
-        with tracer.start_as_current_span(
-            f"{NAME} process {topic}",
-            context=tracing.extract(headers),
-            kind=trace.SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": topic,
-                "messaging.consumer.group.name": NAME,
-                "messaging.destination.partition.id": str(message.partition),
-                "messaging.kafka.offset": message.offset,
-            },
-        ):
-            outcome = await self._process(topic, _key(event.key), event.value or b"", headers)
-        EVENTS.labels(NAME, topic, outcome).inc()
-
-    async def _process(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> str:
-        try:
-            envelope = CloudEvent.from_bytes(value)
-            decoded = decode(envelope)
-        except Exception as exc:  # retrying cannot help; nothing to fold
-            log.warning("%s: skipped an undecodable event on %s (key %r): %s",
-                        NAME, topic, key, exc)
-            return "skipped"
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                started = time.perf_counter()
-                await track(decoded, statuses=self._statuses)
-                HANDLER_SECONDS.labels(NAME, topic).observe(time.perf_counter() - started)
-                return "processed"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("%s: attempt %d/%d on %s failed: %r",
-                            NAME, attempt, self._max_attempts, envelope.type, exc)
-                if attempt == self._max_attempts:
-                    await self._dead_letter(topic, key, value, headers, reason=repr(exc),
-                                            attempts=attempt)
-                    return "dead_lettered"
-                EVENTS.labels(NAME, topic, "retried").inc()
-                await asyncio.sleep(self._retry_base_seconds * 2 ** (attempt - 1))
-        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
-
-    async def _dead_letter(self, topic: str, key: str, value: bytes, headers: dict[str, str],
-                           *, reason: str, attempts: int) -> None:
-        """The same dead letter the embedded runtime writes, so `uploader dlq replay` works."""
-        headers = {
-            **headers,
-            "x-dlq-source-topic": topic,
-            "x-dlq-service": NAME,
-            "x-dlq-reason": reason[:500],
-            "x-dlq-attempts": str(attempts),
-        }
-        await self._bus.publish(dead_letter(topic), Message(key=key, value=value, headers=headers))
-        log.error("%s: dead-lettered an event from %s: %s", NAME, topic, reason)
+def delivery_of(event: Any) -> Delivery:
+    """A faust `EventT` (raw key and value, headers, the Kafka message) as the port's
+    `Delivery`, which is what the runtime processes."""
+    message = event.message
+    return Delivery(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        message=Message(key=_key(event.key), value=event.value or b"",
+                        headers=text_headers(event.headers)),
+    )
 
 
 def text_headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> dict[str, str]:
@@ -171,15 +100,10 @@ class _Readiness:
         )
 
 
-def build_app(settings: PlatformSettings, *, platform: Platform | None = None) -> faust.App:
-    """The tracker's faust app. Its adapters come from the composition root; given none, it
-    opens its own and closes them when it stops. Build it inside the event loop it runs on
-    (faust binds the running loop when its web server is set up)."""
-    owned = platform is None
-    if platform is None:
-        from uploader.bootstrap import open_platform  # the composition root, imported late
-
-        platform = open_platform(settings, client_id=NAME)
+def build_app(platform: Platform, processor: EventProcessor) -> faust.App:
+    """The tracker's faust app over the composition root's adapters. Build it inside the event
+    loop it runs on (faust binds the running loop when its web server is set up)."""
+    settings = platform.settings
     app = faust.App(
         NAME,  # also the consumer group
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -206,17 +130,18 @@ def build_app(settings: PlatformSettings, *, platform: Platform | None = None) -
         web_tables_enabled=False,
         web_metrics_enabled=False,
     )
-    if owned:
-        # Run after the app's children (the agent among them) have stopped.
-        app.async_exit_stack.push_async_callback(platform.close)
-    tracker = StatusEventHandler(
-        statuses=platform.docs.collection(STATUS_COLLECTION), bus=platform.bus, settings=settings
-    )
     statuses_topic = app.topic(ITEM_STATUS, key_serializer="raw", value_serializer="raw")
 
     async def track_statuses(stream: Any) -> None:
-        async for event in stream.events():
-            await tracker.handle(event)
+        # faust acks an event in hand even when the agent raises; with `noack` nothing is
+        # acknowledged until the processor has finished with it.
+        manual = stream.noack()
+        async for event in manual.events():
+            try:
+                await processor.process(delivery_of(event))
+            except Released:
+                continue  # stopping mid-outage: left unacknowledged, delivered again later
+            await manual.ack(event)
 
     agent = app.agent(statuses_topic, name=f"{NAME}.track_statuses")(track_statuses)
     ready = _Readiness(app, agent)
@@ -239,22 +164,14 @@ def build_app(settings: PlatformSettings, *, platform: Platform | None = None) -
     return app
 
 
-def run_worker(settings: PlatformSettings) -> None:
-    """Run the tracker until SIGINT/SIGTERM, then stop gracefully (the event in hand is
-    finished and committed). Raises if the app crashed."""
-    configure_logging()
-    configure_tracing(NAME, settings)
-    asyncio.run(_work(settings))
-
-
-async def _work(settings: PlatformSettings) -> None:
-    from uploader.bootstrap import open_platform
-
+async def work(platform: Platform) -> None:
+    """Run the tracker on Kafka until SIGINT/SIGTERM, then stop gracefully (the event in hand
+    is finished and acknowledged). Raises if the app crashed. The platform is the composition
+    root's; its owner closes it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    platform = open_platform(settings, client_id=NAME)
     try:
         # Idempotent, and what keeps the broker from auto-creating the topic with its default
         # partition count should this worker subscribe before anything else created it.
@@ -262,11 +179,10 @@ async def _work(settings: PlatformSettings) -> None:
         topics = {ITEM_STATUS: partitions[ITEM_STATUS], dead_letter(ITEM_STATUS): 1}
         if not await _unless_stopped(platform.bus.ensure_topics(topics), stop):
             return
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        app = build_app(settings, platform=platform)
-        await _run_until(app, stop)
+        platform.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        processor = build_processor(SPEC, platform, stopping=stop)
+        await _run_until(build_app(platform, processor), stop)
     finally:
-        await platform.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 

@@ -1,4 +1,4 @@
-"""The status read model: a pure fold of job and item status events into one document a job.
+"""The status read model's logic: a pure fold of job and item status events into a `JobStatus`.
 
 Statuses only move forward (queued → processing → completed | error) because events from
 different services can arrive in any order; a later terminal status replaces an earlier one
@@ -7,55 +7,43 @@ different services can arrive in any order; a later terminal status replaces an 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
-from contracts.events import Event, ItemStatusChanged, JobOpened
+from contracts.events import Event, ItemStatus, ItemStatusChanged, JobOpened
+from job_tracker.read_model import ItemState, JobState, JobStatus
 
-__all__ = ["JOB_FAILED_MESSAGE", "apply_event", "job_status"]
+__all__ = ["JOB_FAILED_MESSAGE", "apply_event", "job_state"]
 
 JOB_FAILED_MESSAGE = "One or more files failed"
 _RANK = {"queued": 0, "processing": 1, "completed": 2, "error": 2}
 _TERMINAL = {"completed", "error"}
 
-Doc = dict[str, Any]
 
-
-def _new_doc(job_id: str) -> Doc:
-    return {"_id": job_id, "job_id": job_id, "kind": None, "item_ids": [], "items": {},
-            "opened": False, "opened_at": None}
-
-
-def _empty_item() -> Doc:
-    return {"status": "queued", "reason": None, "started_at": None, "finished_at": None,
-            "updated_at": None, "parent_item_id": None}
-
-
-def _apply_item(item: Doc, event: ItemStatusChanged) -> Doc:
+def _apply_item(item: ItemState, event: ItemStatusChanged) -> ItemState:
     at = event.at.isoformat()
-    old, new = item["status"], event.status
+    old, new = item.status, event.status
     if _RANK[new] < _RANK[old]:
         return item
-    if old in _TERMINAL and new in _TERMINAL and (item["finished_at"] or "") >= at:
+    if old in _TERMINAL and new in _TERMINAL and (item.finished_at or "") >= at:
         return item
-    item = dict(item)
-    item["status"] = new
-    item["updated_at"] = at
+    changes: dict[str, object] = {"status": new, "updated_at": at}
     if event.parent_item_id:
-        item["parent_item_id"] = event.parent_item_id
-    if new == "processing" and item["started_at"] is None:
-        item["started_at"] = at
+        changes["parent_item_id"] = event.parent_item_id
+    if new == "processing" and item.started_at is None:
+        changes["started_at"] = at
     if new in _TERMINAL:
-        item["finished_at"] = at
-        item["started_at"] = item["started_at"] or at
-        item["reason"] = event.reason if new == "error" else None
-    return item
+        changes["finished_at"] = at
+        changes["started_at"] = item.started_at or at
+        changes["reason"] = event.reason if new == "error" else None
+    return item.model_copy(update=changes)
 
 
-def job_status(doc: Doc) -> tuple[str, str | None]:
-    """The job's state and message, derived from its items."""
-    items: dict[str, Doc] = doc["items"]
-    statuses = [items.get(i, {"status": "queued"})["status"] for i in _all_item_ids(doc)]
-    if not statuses or not doc["opened"]:
+def job_state(statuses: Iterable[ItemStatus], *, opened: bool = True
+              ) -> tuple[JobState, str | None]:
+    """A job's state and message from its items' statuses: the one place this is decided
+    (the gateway asks it too, for a job the tracker has not seen yet)."""
+    statuses = list(statuses)
+    if not statuses or not opened:
         return "queued", None
     if all(s in _TERMINAL for s in statuses):
         if any(s == "error" for s in statuses):
@@ -66,45 +54,37 @@ def job_status(doc: Doc) -> tuple[str, str | None]:
     return "processing", None
 
 
-def _all_item_ids(doc: Doc) -> list[str]:
-    ids = list(doc["item_ids"])
-    known = set(ids)
-    ids.extend(i for i in doc["items"] if i not in known)
-    return ids
-
-
-def apply_event(doc: Doc | None, event: Event) -> Doc:
-    """Fold one event into the job's status document (returns a new document)."""
-    doc = dict(doc) if doc is not None else _new_doc(event.job_id)
-    doc["items"] = dict(doc["items"])
+def apply_event(current: JobStatus | None, event: Event) -> JobStatus:
+    """Fold one event into the job's status (returns a new one)."""
+    doc = current if current is not None else JobStatus(job_id=event.job_id)
+    items = dict(doc.items)
+    changes: dict[str, object] = {}
     if isinstance(event, JobOpened):
-        doc["opened"] = True
-        doc["kind"] = event.kind
-        doc["opened_at"] = event.opened_at.isoformat()
-        doc["item_ids"] = list(dict.fromkeys([*doc["item_ids"], *event.item_ids]))
+        changes.update(opened=True, kind=event.kind, opened_at=event.opened_at.isoformat(),
+                       item_ids=tuple(dict.fromkeys([*doc.item_ids, *event.item_ids])))
         for item_id in event.item_ids:
-            doc["items"].setdefault(item_id, _empty_item())
+            items.setdefault(item_id, ItemState())
     elif isinstance(event, ItemStatusChanged):
-        item = doc["items"].get(event.item_id) or _empty_item()
-        doc["items"][event.item_id] = _apply_item(item, event)
+        items[event.item_id] = _apply_item(items.get(event.item_id) or ItemState(), event)
     else:
         return doc
-    status, message = job_status(doc)
-    counts = {s: 0 for s in _RANK}
-    for item_id in _all_item_ids(doc):
-        counts[doc["items"].get(item_id, {"status": "queued"})["status"]] += 1
-    doc.update(
-        status=status,
-        message=message,
-        total=sum(counts.values()),
-        completed_count=counts["completed"],
-        error_count=counts["error"],
-        processing_count=counts["processing"],
-        queued_count=counts["queued"],
-    )
-    if status in ("done", "error") and not doc.get("finished_at"):
-        finished = [it["finished_at"] for it in doc["items"].values() if it["finished_at"]]
-        doc["finished_at"] = max(finished) if finished else None
-    elif status not in ("done", "error"):
-        doc["finished_at"] = None
-    return doc
+    doc = doc.model_copy(update={**changes, "items": items})
+    statuses = [items[i].status if i in items else "queued" for i in doc.all_item_ids()]
+    state, message = job_state(statuses, opened=doc.opened)
+    finished_at = doc.finished_at
+    if state in ("done", "error"):
+        if not finished_at:
+            finished = [it.finished_at for it in items.values() if it.finished_at]
+            finished_at = max(finished) if finished else None
+    else:
+        finished_at = None
+    return doc.model_copy(update={
+        "status": state,
+        "message": message,
+        "total": len(statuses),
+        "completed_count": statuses.count("completed"),
+        "error_count": statuses.count("error"),
+        "processing_count": statuses.count("processing"),
+        "queued_count": statuses.count("queued"),
+        "finished_at": finished_at,
+    })

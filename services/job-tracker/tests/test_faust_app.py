@@ -26,14 +26,17 @@ from prometheus_client import REGISTRY
 from contracts.envelope import CloudEvent
 from contracts.events import Event, ItemStatusChanged, JobOpened
 from contracts.topics import ITEM_STATUS, dead_letter
-from job_tracker.faust_app import StatusEventHandler, build_app, text_headers
-from job_tracker.service import NAME, STATUS_COLLECTION
+from job_tracker.faust_app import build_app, delivery_of, text_headers
+from job_tracker.read_model import COLLECTION, JobStatuses
+from job_tracker.service import NAME
+from job_tracker.spec import SPEC
 from job_tracker.status import JOB_FAILED_MESSAGE
 from kit.bus_kafka import KafkaEventBus
 from kit.docs_mongo import MongoDocuments
 from kit.docs_sqlite import SqliteDocuments
 from kit.ports import Collection, Consumer, Message
-from kit.runtime import Emit, publish_events
+from kit.runtime import Emit, EventProcessor, publish_events
+from kit.service import Platform, build_processor
 from kit.settings import PlatformSettings
 
 STOP_WITHIN_SECONDS = 30.0
@@ -66,7 +69,7 @@ def faust_event(value: bytes, *, key: str = "job", headers: Mapping[str, bytes] 
 
 @dataclass
 class RecordingBus:
-    """Just enough of an `EventBus` to see what the handler publishes (dead letters)."""
+    """Just enough of an `EventBus` to see what the processor publishes (dead letters)."""
 
     published: list[tuple[str, Message]] = field(default_factory=list)
 
@@ -83,68 +86,77 @@ class RecordingBus:
         return None
 
 
-class FailingCollection:
-    """A store that is down."""
-
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    async def get(self, doc_id: str) -> dict[str, Any] | None:
-        self.attempts += 1
-        raise ConnectionError("store unavailable")
-
-    def __getattr__(self, name: str) -> Any:
-        raise ConnectionError("store unavailable")
-
-
 @pytest.fixture
-async def statuses(tmp_path: Path) -> AsyncIterator[Collection]:
+async def docs(tmp_path: Path) -> AsyncIterator[SqliteDocuments]:
     docs = SqliteDocuments(path=tmp_path / "documents.sqlite3")
     try:
-        yield docs.collection(STATUS_COLLECTION)
+        yield docs
     finally:
         await docs.close()
 
 
-def handler(statuses: Any, bus: Any = None, **settings: Any) -> StatusEventHandler:
-    return StatusEventHandler(statuses=statuses, bus=bus or RecordingBus(),
-                              settings=PlatformSettings(**settings))
+def processor(docs: Any, bus: Any = None, **settings: Any) -> EventProcessor:
+    platform = Platform(settings=PlatformSettings(**settings), bus=bus or RecordingBus(),
+                        store=None, docs=docs)  # type: ignore[arg-type]
+    return build_processor(SPEC, platform)
 
 
-# --- the handler, in-process -----------------------------------------------------------------
+# --- one processing step for both runners, in-process ----------------------------------------
 
 
-async def test_each_event_is_folded_into_its_jobs_status_document(statuses: Collection) -> None:
-    tracker = handler(statuses)
+async def test_each_event_is_folded_into_its_jobs_status_document(docs: SqliteDocuments
+                                                                  ) -> None:
+    tracker = processor(docs)
     before = events_total("processed")
-    await tracker.handle(faust_event(envelope_bytes(
-        JobOpened(job_id="job", kind="direct", item_ids=("a",)))))
-    await tracker.handle(faust_event(envelope_bytes(
-        ItemStatusChanged(job_id="job", item_id="a", status="completed", service="t"))))
-    doc = await statuses.get("job")
-    assert doc is not None
-    assert doc["status"] == "done"
+    await tracker.process(delivery_of(faust_event(envelope_bytes(
+        JobOpened(job_id="job", kind="direct", item_ids=("a",))))))
+    await tracker.process(delivery_of(faust_event(envelope_bytes(
+        ItemStatusChanged(job_id="job", item_id="a", status="completed", service="t")),
+        offset=1)))
+    status = await JobStatuses(docs=docs).get("job")
+    assert status is not None
+    assert status.status == "done"
     assert events_total("processed") == before + 2
 
 
-async def test_an_undecodable_message_is_counted_and_skipped(statuses: Collection) -> None:
+async def test_an_undecodable_message_goes_to_the_dead_letter_topic_not_lost(
+    docs: SqliteDocuments,
+) -> None:
     bus = RecordingBus()
-    tracker = handler(statuses, bus)
-    before = events_total("skipped")
-    await tracker.handle(faust_event(b"not a cloud event"))
-    await tracker.handle(faust_event(b'{"specversion": "1.0"}'))
-    assert events_total("skipped") == before + 2
-    assert await statuses.count() == 0
-    assert bus.published == []
+    tracker = processor(docs, bus)
+    before = events_total("dead_lettered")
+    await tracker.process(delivery_of(faust_event(b"not a cloud event")))
+    await tracker.process(delivery_of(faust_event(b'{"specversion": "1.0"}')))
+    assert events_total("dead_lettered") == before + 2
+    assert [topic for topic, _ in bus.published] == [dead_letter(ITEM_STATUS)] * 2
+    assert await docs.collection(COLLECTION).count() == 0
 
 
-async def test_a_failing_store_is_retried_then_the_event_goes_to_the_dead_letter_topic() -> None:
-    store, bus = FailingCollection(), RecordingBus()
-    tracker = handler(store, bus, max_attempts=3, retry_base_seconds=0)
+async def test_a_redelivered_event_is_folded_once(docs: SqliteDocuments) -> None:
+    tracker = processor(docs)
+    value = envelope_bytes(JobOpened(job_id="job", kind="direct", item_ids=("a",)))
+    assert await tracker.process(delivery_of(faust_event(value))) == "processed"
+    assert await tracker.process(delivery_of(faust_event(value))) == "duplicate"
+
+
+async def test_a_failing_store_is_retried_then_the_event_goes_to_the_dead_letter_topic(
+    docs: SqliteDocuments, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts = 0
+
+    async def failing_put(self: Any, status: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("store unavailable")
+
+    monkeypatch.setattr(JobStatuses, "put", failing_put)
+    bus = RecordingBus()
+    tracker = processor(docs, bus, max_attempts=3, retry_base_seconds=0)
     value = envelope_bytes(JobOpened(job_id="job-9", kind="direct", item_ids=("a",)))
     before = events_total("dead_lettered")
-    await tracker.handle(faust_event(value, key="job-9", headers={"traceparent": b"00-x"}))
-    assert store.attempts == 3
+    await tracker.process(delivery_of(
+        faust_event(value, key="job-9", headers={"traceparent": b"00-x"})))
+    assert attempts == 3
     assert events_total("dead_lettered") == before + 1
     [(topic, message)] = bus.published
     assert topic == dead_letter(ITEM_STATUS)
@@ -155,20 +167,20 @@ async def test_a_failing_store_is_retried_then_the_event_goes_to_the_dead_letter
     assert message.headers["traceparent"] == "00-x"
 
 
-async def test_handling_continues_the_publishers_trace_from_the_kafka_headers(
-    statuses: Collection, monkeypatch: pytest.MonkeyPatch
+async def test_processing_continues_the_publishers_trace_from_the_kafka_headers(
+    docs: SqliteDocuments, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[int] = []
 
-    async def spy(event: Event, *, statuses: Collection) -> Sequence[Emit]:
+    async def spy(event: Event, *, statuses: Any) -> Sequence[Emit]:
         seen.append(trace.get_current_span().get_span_context().trace_id)
         return ()
 
-    monkeypatch.setattr("job_tracker.faust_app.track", spy)
+    monkeypatch.setattr("job_tracker.service.track", spy)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01".encode()}
-    await handler(statuses).handle(faust_event(envelope_bytes(
-        JobOpened(job_id="job", kind="direct", item_ids=("a",))), headers=headers))
+    await processor(docs).process(delivery_of(faust_event(envelope_bytes(
+        JobOpened(job_id="job", kind="direct", item_ids=("a",))), headers=headers)))
     assert seen == [int(trace_id, 16)]
 
 
@@ -187,7 +199,7 @@ async def test_the_app_never_declares_topics_and_serves_health_on_the_settings_a
                                 http_port=18123, data_dir=tmp_path)
     platform = open_platform(settings)
     try:
-        app = build_app(settings, platform=platform)
+        app = build_app(platform, build_processor(SPEC, platform))
         conf = app.conf
         assert conf.id == NAME
         assert conf.topic_allow_declare is False
@@ -311,7 +323,7 @@ async def bus(tracker_env: TrackerEnv) -> AsyncIterator[KafkaEventBus]:
 async def job_status(tracker_env: TrackerEnv) -> AsyncIterator[Collection]:
     docs = MongoDocuments(url=tracker_env.mongo_url, database=tracker_env.database)
     try:
-        yield docs.collection(STATUS_COLLECTION)
+        yield docs.collection(COLLECTION)
     finally:
         await docs.close()
 
@@ -368,7 +380,7 @@ async def test_the_worker_tracks_jobs_from_kafka_into_mongodb_and_stops_on_sigte
             processed = (f'uploader_events_total{{outcome="processed",service="{NAME}",'
                          f'topic="{ITEM_STATUS}"}}')
             assert processed in metrics
-            assert 'outcome="skipped"' in metrics
+            assert 'outcome="dead_lettered"' in metrics  # the undecodable one, kept
         assert await worker.stop() == 0, worker.log_tail()
 
 

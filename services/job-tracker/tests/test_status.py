@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from contracts.events import ItemStatusChanged, JobOpened
-from job_tracker.status import JOB_FAILED_MESSAGE, apply_event
+from job_tracker.status import JOB_FAILED_MESSAGE, apply_event, job_state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -14,11 +14,11 @@ def status(item: str, state: str, seconds: int, reason: str | None = None) -> It
 
 
 def fold(*events: object) -> dict[str, object]:
-    doc = None
+    status = None
     for event in events:
-        doc = apply_event(doc, event)  # type: ignore[arg-type]
-    assert doc is not None
-    return doc
+        status = apply_event(status, event)  # type: ignore[arg-type]
+    assert status is not None
+    return status.model_dump(mode="json")
 
 
 def test_a_new_job_is_queued_until_work_starts() -> None:
@@ -74,3 +74,12 @@ def test_archive_children_count_towards_the_job() -> None:
                status("a", "completed", 2))
     assert doc["total"] == 2
     assert doc["status"] == "processing"
+
+
+def test_the_job_state_is_derived_in_one_place_for_tracker_and_gateway() -> None:
+    assert job_state([]) == ("queued", None)
+    assert job_state(["queued", "queued"]) == ("queued", None)
+    assert job_state(["queued", "completed"]) == ("processing", None)
+    assert job_state(["completed", "completed"]) == ("done", None)
+    assert job_state(["completed", "error"]) == ("error", JOB_FAILED_MESSAGE)
+    assert job_state(["completed"], opened=False) == ("queued", None)

@@ -4,7 +4,7 @@ import stat
 from pathlib import Path
 
 from gateway.settings import GatewaySettings
-from uploader.bootstrap import session_secret
+from gateway.spec import session_secret
 
 
 def test_the_session_secret_is_made_once_kept_private_and_reused(tmp_path: Path) -> None:
