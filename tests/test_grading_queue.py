@@ -133,3 +133,29 @@ async def test_an_image_without_a_fundus_disc_is_kept_unmasked_and_flagged_for_r
     (entry,) = queue["items"]
     assert entry["needs_review"] is True
     assert entry["review_reason"] == "No fundus field of view detected; not masked"
+
+
+async def test_a_file_that_failed_in_processing_gives_back_its_quota_and_can_be_sent_again(
+    system: tuple[httpx.AsyncClient, dict[str, str]],
+) -> None:
+    client, tokens = system
+    camp = {"Authorization": f"Bearer {tokens['camp']}"}
+    broken = fundus_image(size=500, seed=5)[:2100]
+    status = await upload_and_wait(client, tokens["camp"], FORM,
+                                   [("good.jpg", fundus_image(size=500, seed=6), "image/jpeg"),
+                                    ("broken.jpg", broken, "image/jpeg")])
+    assert status["status"] == "error"
+    for _ in range(200):  # the gateway hears of the failure as an event, a moment later
+        me = (await client.get("/api/me", headers=camp)).json()
+        if me["file_upload_count"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert me["file_upload_count"] == 1  # only the file that made it counts
+    # "Re-upload only the failed files with corrections": not a duplicate.
+    again = await client.post("/api/direct/upload", headers=camp, data=FORM,
+                              files=[("files", ("broken.jpg", broken, "image/jpeg"))])
+    assert again.json()["rejected"] == []
+    same_good = await client.post(
+        "/api/direct/upload", headers=camp, data=FORM,
+        files=[("files", ("good.jpg", fundus_image(size=500, seed=6), "image/jpeg"))])
+    assert [r["reason"] for r in same_good.json()["rejected"]] == ["Duplicate file"]

@@ -35,6 +35,7 @@ from minio.minioadmin import MinioAdmin
 from kit.ports import ObjectNotFound, ObjectStore, StorageFull, StoredObject, Unavailable
 from kit.store_fs import FilesystemObjectStore
 from kit.store_s3 import S3ObjectStore
+from testkit.fs import small_tmpfs
 from testkit.engines import MinioEngine, start_minio
 
 MiB = 1 << 20
@@ -745,25 +746,6 @@ def names_in(directory: Path) -> list[str]:
 
 def files_under(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
-
-
-@contextlib.contextmanager
-def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` at `mount`, unmounted after; skips the test where mounting is not
-    allowed (not root, or no CAP_SYS_ADMIN in a container)."""
-    mount.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 def _endpoint(raw: str) -> tuple[str, bool]:

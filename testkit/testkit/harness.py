@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,16 +55,28 @@ class Process:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *, ready_timeout: float = 90) -> Process:
+        """Launch it (again, after a kill or a stop: same port, log appended) and wait until
+        it is ready."""
+        self.launch()
+        try:
+            return self.wait_ready(ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def launch(self) -> Process:
+        """Start the OS process without waiting for it (see `start_processes`)."""
+        self._close_log()
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "uploader", *self.args, "--port", str(self.port)],
             env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
         )
-        try:
-            return self._wait_ready(ready_timeout)
-        except BaseException:
-            self.kill()
-            raise
+        return self
+
+    def wait_ready(self, ready_timeout: float = 90) -> Process:
+        """Until `/readyz` answers 200; raises if the process exits or the time runs out."""
+        return self._wait_ready(ready_timeout)
 
     def _wait_ready(self, ready_timeout: float) -> Process:
         assert self.popen is not None
@@ -94,10 +106,18 @@ class Process:
         self._close_log()
 
     def stop(self) -> int | None:
+        self.terminate()
+        return self._reap(timeout=40)
+
+    def terminate(self) -> None:
+        """SIGTERM (a graceful stop), without waiting for it."""
         if self.popen and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
+
+    def _reap(self, *, timeout: float) -> int | None:
+        if self.popen:
             try:
-                self.popen.wait(timeout=40)
+                self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
@@ -114,6 +134,36 @@ def start_process(name: str, args: Sequence[str], *, env: Mapping[str, str], log
                   ready_timeout: float = 90) -> Process:
     return Process(name=name, args=list(args), env=dict(env), port=free_port(),
                    log_path=log_dir / f"{name}.log").start(ready_timeout=ready_timeout)
+
+
+def start_processes(commands: Mapping[str, Sequence[str]], *, env: Mapping[str, str],
+                    log_dir: Path, ready_timeout: float = 90) -> dict[str, Process]:
+    """Start several processes (name -> `uploader` arguments) at once, then wait for each to
+    be ready: their start-ups (imports, connecting) overlap, which on 2 cores takes about half
+    as long as one after the other. All are stopped if one does not come up."""
+    processes = {name: Process(name=name, args=list(args), env=dict(env), port=free_port(),
+                               log_path=log_dir / f"{name}.log")
+                 for name, args in commands.items()}
+    try:
+        for process in processes.values():
+            process.launch()
+        for process in processes.values():
+            process.wait_ready(ready_timeout)
+    except BaseException:
+        for process in processes.values():
+            process.kill()
+        raise
+    return processes
+
+
+def stop_processes(processes: Iterable[Process], *, timeout: float = 40) -> None:
+    """SIGTERM them all first, so they stop in parallel; then wait for each (SIGKILL after
+    `timeout` seconds)."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process._reap(timeout=timeout)
 
 
 FORM = {

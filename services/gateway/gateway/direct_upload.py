@@ -44,6 +44,7 @@ __all__ = [
     "announce_job",
     "clean_filename",
     "receive_direct_upload",
+    "upload_messages",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,17 @@ def invalid_type(mime: str) -> str:
 
 def too_many_files(limit: int) -> str:
     return f"Too many files in one upload (max {limit}). Please upload fewer files at a time."
+
+
+def upload_messages(settings: GatewaySettings) -> dict[str, str]:
+    """The messages the upload page's script shows before sending, worded as the server's."""
+    return {
+        "all_fields_required": ALL_FIELDS_REQUIRED,
+        "no_file": NO_FILE,
+        "quota_exceeded": QUOTA_EXCEEDED,
+        "too_many_files": too_many_files(settings.direct_upload_max_files),
+        "too_large": too_large(settings),
+    }
 
 
 class FormRejected(GatewayError):

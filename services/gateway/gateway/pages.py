@@ -24,6 +24,7 @@ from gateway.accounts import User
 from gateway.api import run_direct_upload
 from gateway.csrf import CSRF_FIELD, CSRF_HEADER, csrf_token, new_csrf_token
 from gateway.deps import SESSION_ID, Gateway, GatewayDep, OptionalUser, client_address
+from gateway.direct_upload import upload_messages
 from gateway.errors import GatewayError
 from gateway.forms import small_form
 from gateway.jobs import find_job_view, recent_jobs
@@ -273,6 +274,7 @@ async def _upload_form_context(gateway: Gateway, user: User) -> dict[str, Any]:
     settings = gateway.settings
     quota = user.quota(settings.max_files_per_upload)
     return {
+        "messages": upload_messages(settings),
         "hospitals": hospitals,
         "lab_units": lab_units,
         "cameras": reference["cameras"],

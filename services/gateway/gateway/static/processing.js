@@ -94,14 +94,18 @@
     });
   }
 
+  function seconds(n) {
+    return n + (n === 1 ? " second" : " seconds");
+  }
+
   function startRedirect() {
     if (stay || countdown !== null) return;
     var left = REDIRECT_SECONDS;
-    $("redirect-seconds").textContent = left;
+    $("redirect-seconds").textContent = seconds(left);
     $("redirect-note").hidden = false;
     countdown = window.setInterval(function () {
       left -= 1;
-      $("redirect-seconds").textContent = Math.max(left, 0);
+      $("redirect-seconds").textContent = seconds(Math.max(left, 0));
       if (left <= 0) {
         window.clearInterval(countdown);
         window.location.assign(resultsUrl);

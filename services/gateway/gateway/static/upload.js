@@ -8,8 +8,8 @@
   if (!form) return;
   var config = JSON.parse(document.getElementById("upload-config").textContent);
   var FIELDS = ["hospital", "lab_unit", "camera", "disease", "area", "mydriatic"];
-  var ALL_FIELDS_REQUIRED = "All fields are required";
-  var NO_SELECTED_FILE = "No selected file";
+  // The server's own wording (the fundus help's messages), so page and API never differ.
+  var MESSAGES = config.messages;
 
   var labUnit = document.getElementById("lab_unit");
   var pills = document.getElementById("hospital-pills");
@@ -215,11 +215,20 @@
         document.getElementById("quota-number").textContent = remaining;
         document.getElementById("quota-total").textContent = me.upload_quota_effective;
         document.getElementById("quota-remaining").classList.toggle("low", remaining === 0);
+        showQuota();
         render();
       })
       .catch(function () { /* the server-rendered number stays */ });
   }
   window.addEventListener("pageshow", refreshQuota);
+
+  // At zero quota nothing can be uploaded: say so at once, not after sending the files.
+  function showQuota() {
+    var none = config.remaining <= 0;
+    button.disabled = none || busy;
+    if (none) showError(MESSAGES.quota_exceeded + ": please contact your administrator to " +
+      "increase your quota.");
+  }
 
   // --- sending ---------------------------------------------------------------------------
 
@@ -275,17 +284,20 @@
     });
     if (missing.length) {
       missing.forEach(markMissing);
-      showError(ALL_FIELDS_REQUIRED);
+      showError(MESSAGES.all_fields_required);
+      return;
+    }
+    if (config.remaining <= 0) {
+      showQuota();
       return;
     }
     if (!files.length) {
       dropzone.classList.add("invalid");
-      showError(NO_SELECTED_FILE);
+      showError(MESSAGES.no_file);
       return;
     }
     if (files.length > config.max_files) {
-      showError("Too many files in one upload (max " + config.max_files +
-        "). Please upload fewer files at a time.");
+      showError(MESSAGES.too_many_files);
       return;
     }
 
