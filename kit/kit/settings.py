@@ -46,6 +46,9 @@ class PlatformSettings(BaseSettings):
     # Periodic clean-up (interrupted uploads, expired sessions, event-log retention) runs at
     # start-up and then this often.
     maintenance_seconds: float = Field(default=300, gt=0)
+    # An object-store write left incomplete (a crash mid-upload) is removed once it is this
+    # old: S3 cannot tell a stalled upload of another process from a dead one before that.
+    incomplete_write_seconds: float = Field(default=900, ge=0)
 
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318"

@@ -10,7 +10,7 @@ from datetime import timedelta
 from contracts.envelope import utcnow
 from gateway.accounts import Accounts
 from gateway.direct_upload import announce_job
-from gateway.intake import LEASE_SECONDS, Intake
+from gateway.intake import Intake
 from gateway.jobs import JobRecords
 from gateway.sessions import Sessions
 from kit.blobs import CLEAN, RAW, REPORTS, SCANS
@@ -30,9 +30,9 @@ async def maintain(platform: Platform) -> None:
                     accounts=Accounts(docs=platform.docs))
     await intake.sweep()
     await Sessions(docs=platform.docs, lifetime_seconds=0).expire()
-    # A temporary file older than any upload's lease belongs to no upload still in flight.
-    await platform.store.discard_incomplete(older_than_seconds=LEASE_SECONDS,
-                                            buckets=(RAW, CLEAN, REPORTS, SCANS))
+    await platform.store.discard_incomplete(
+        older_than_seconds=platform.settings.incomplete_write_seconds,
+        buckets=(RAW, CLEAN, REPORTS, SCANS))
     jobs = JobRecords(docs=platform.docs)
     before = (utcnow() - ANNOUNCE_AFTER).isoformat()
     for record in await jobs.unannounced(created_before=before):
