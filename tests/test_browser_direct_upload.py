@@ -306,3 +306,91 @@ def test_an_admin_sets_up_a_hospital_and_a_user_with_a_quota_in_the_browser(
             expect(page.locator("h1")).to_have_text("Administrators only")
         finally:
             browser.close()
+
+
+LONG_NAME = "OD_2026-11-30_screening-camp_patient-record_left-eye_capture_0001_final.jpg"
+
+
+def test_what_a_newcomer_saw_is_fixed_in_a_real_browser(
+    server: Process, shots: Path, tmp_path: Path
+) -> None:
+    """Layouts at 1366 and 390 px, whole file names, a countdown in good English, the quota
+    said at once, offline API docs, an icon, styled 404s, and no script the CSP refuses."""
+    from playwright.sync_api import expect, sync_playwright
+
+    env = uploader_env(Path(server.env["UPLOADER_DATA_DIR"]))
+    token = cli(["tokens", "create", USER], env).strip()
+    cli(["users", "create", "spent", "--role", "uploader", "--lab-unit", "city-retina-clinic",
+         "--password", "spent-password", "--quota", "0"], env)
+    import httpx
+
+    response = httpx.post(server.url + "/api/direct/upload",
+                          headers={"Authorization": f"Bearer {token}",
+                                   "User-Agent": "Mozilla/5.0" + " (a very long agent)" * 12},
+                          data={"hospital": "city-general", "lab_unit": "city-retina-clinic",
+                                "camera": "remidio-fop", "disease": "dr", "area": "left-eye",
+                                "mydriatic": "false"},
+                          files=[("files", (LONG_NAME, fundus_image(size=500, seed=601),
+                                            "image/jpeg"))], timeout=60)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["job_id"]
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            refused: list[str] = []
+            context = browser.new_context(viewport={"width": 1366, "height": 800})
+            page = context.new_page()
+            page.on("console", lambda m: refused.append(m.text)
+                    if "Content Security Policy" in m.text else None)
+            page.set_default_timeout(30_000)
+
+            # The processing page: the long name is whole on one line, shortened with "…".
+            sign_in(page, server.url, USER, PASSWORD)
+            page.goto(server.url + f"/direct/upload/processing/{job_id}")
+            cell = page.locator("#file-status-rows td.filename").first
+            expect(cell).to_have_attribute("title", LONG_NAME)
+            box = cell.bounding_box()
+            line = page.evaluate("parseFloat(getComputedStyle(document.querySelector("
+                                 "'#file-status-rows td.filename')).lineHeight)")
+            assert box is not None and box["height"] < 2 * line + 24, "the name wrapped"
+            # The countdown to the results counts in good English down to "1 second".
+            expect(page.locator("#redirect-seconds")).to_have_text("1 second", timeout=60_000)
+            page.screenshot(path=str(shots / "08-processing-long-name.png"), full_page=True)
+
+            # The admin's Recent Jobs at 1366 px: the table stays inside its card.
+            page.click("button:has-text('Sign out')")
+            sign_in(page, server.url, ADMIN, ADMIN_PASSWORD)
+            page.goto(server.url + "/jobs")
+            overflow = page.evaluate("""() => {
+                const card = document.querySelector('#jobs-table').closest('.card');
+                const table = document.querySelector('#jobs-table');
+                return table.getBoundingClientRect().right - card.getBoundingClientRect().right;
+            }""")
+            page.screenshot(path=str(shots / "09-admin-jobs-1366.png"), full_page=True)
+            assert overflow <= 0, f"the jobs table sticks out of its card by {overflow}px"
+
+            # Swagger UI from this site's own files; an icon; a styled page for a bad link.
+            page.goto(server.url + "/docs")
+            expect(page.locator(".swagger-ui .info .title")).to_contain_text("imaging-uploader")
+            assert page.request.get(server.url + "/favicon.ico").status == 200
+            page.goto(server.url + "/no/such/page")
+            expect(page.locator("h1")).to_have_text("Page not found")
+
+            # At zero quota the form says so at once, and cannot be sent.
+            page.goto(server.url + "/direct/upload")
+            page.click("button:has-text('Sign out')")
+            sign_in(page, server.url, "spent", "spent-password")
+            expect(page.locator("#form-error")).to_contain_text("Upload quota exceeded")
+            expect(page.locator("#upload-button")).to_be_disabled()
+            assert refused == [], refused
+
+            # A phone, 390 px wide: "Sign out" is whole and on the screen.
+            phone = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+            sign_in(phone, server.url, USER, PASSWORD)
+            button = phone.locator("button:has-text('Sign out')").bounding_box()
+            assert button is not None and button["x"] >= 0 and \
+                button["x"] + button["width"] <= 390, button
+            phone.screenshot(path=str(shots / "10-phone-390.png"), full_page=True)
+        finally:
+            browser.close()

@@ -8,6 +8,7 @@ stay up) and its own six service processes, so a fault never leaks into another 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from minio import Minio
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from gateway.accounts import Accounts
+from kit.docs_mongo import MongoDocuments
 from testkit.engines import Engines, start_all
 from testkit.harness import (
     Process,
-    cli,
     job_status,
     start_processes,
     stop_processes,
@@ -39,6 +41,8 @@ FILES = 50
 IMAGE_SIDE = 320  # small: the faults are the point, not the image processing
 USER = "camp"
 STORAGE_UNAVAILABLE = "Storage is unavailable; nothing was kept. Please try again shortly."
+# Six Python processes starting at once on 2 cores take ~30 s; more on a busy machine.
+START_SECONDS = 180.0
 # How long a job may take to finish once the fault is over (the system has to notice the
 # engine is back, rejoin consumer groups and catch up).
 RECOVERY_SECONDS = 180.0
@@ -70,6 +74,22 @@ class System:
         return "\n".join(parts)
 
 
+async def create_uploader(mongo_url: str, database: str) -> str:
+    """The job's uploader and an API token for it, as `uploader users create` and `uploader
+    tokens create` make them (in this process: two CLI start-ups fewer per test)."""
+    docs = MongoDocuments(url=mongo_url, database=database)
+    try:
+        accounts = Accounts(docs=docs)
+        # A quota well above the job's 50 files: a refused file must be refused for the
+        # outage, never for the quota.
+        await accounts.create_user(username=USER, role="uploader", password="camp-pass-1",
+                                   lab_unit_ids=("city-retina-clinic",), upload_quota=1000)
+        token, _ = await accounts.create_token(USER)
+        return token
+    finally:
+        await docs.close()
+
+
 @pytest.fixture
 def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
     import conftest  # the repository's root conftest: the one build-or-skip rule of engine tests
@@ -87,13 +107,9 @@ def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
             # Periodic clean-up often, so what it would give back shows within the test.
             "UPLOADER_MAINTENANCE_SECONDS": "2",
         })
-        # A quota well above the job's 50 files: a refused file must be refused for the
-        # outage, never for the quota.
-        cli(["users", "create", USER, "--role", "uploader", "--lab-unit", "city-retina-clinic",
-             "--password", "camp-pass-1", "--quota", "1000"], env)
-        token = cli(["tokens", "create", USER], env).strip()
+        token = asyncio.run(create_uploader(engines.ferretdb.url, env["UPLOADER_MONGO_DATABASE"]))
         processes = start_processes({name: ["run", name] for name in SERVICES}, env=env,
-                                    log_dir=tmp_path)
+                                    log_dir=tmp_path, ready_timeout=START_SECONDS)
         yield System(engines=engines, env=env, processes=processes, token=token,
                      database=mongo[env["UPLOADER_MONGO_DATABASE"]])
     finally:
@@ -238,5 +254,5 @@ def test_job_tracker_killed_mid_job_and_restarted_every_file_completes_exactly_o
     tracker = system.processes["job-tracker"]
     tracker.kill()
     time.sleep(2)
-    tracker.start()
+    tracker.start(ready_timeout=START_SECONDS)
     assert_every_file_completed_once(system, job_id, accepted)

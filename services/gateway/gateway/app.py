@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_oauth2_redirect_html
@@ -21,7 +23,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from swagger_ui_bundle import swagger_ui_path
 
 from gateway import account, admin, api, catalogue, pages
 from gateway.accounts import Accounts
@@ -168,8 +169,10 @@ def _jsonable(errors: Any) -> Any:
 
 
 def _install_docs(app: FastAPI) -> None:
-    """/docs without the internet: Swagger UI's files are served from this site."""
-    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    """/docs without the internet: Swagger UI's files (5.x, which reads OpenAPI 3.1) are
+    served from this site, from the copy the fastapi-offline package carries."""
+    assets = Path(fastapi_offline.__file__).resolve().parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
 
     async def docs_page() -> HTMLResponse:
         return HTMLResponse(pages.DOCS_HTML)

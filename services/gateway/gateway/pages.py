@@ -157,7 +157,6 @@ DOCS_HTML = """<!doctype html>
 <body>
   <div id="swagger-ui"></div>
   <script src="/docs-assets/swagger-ui-bundle.js"></script>
-  <script src="/docs-assets/swagger-ui-standalone-preset.js"></script>
   <script src="/static/docs.js"></script>
 </body>
 </html>

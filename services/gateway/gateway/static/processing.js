@@ -87,6 +87,7 @@
       var row = rowFor(item, index);
       row.className = "row-" + item.status;
       row.cells[1].textContent = item.filename || "(inside archive)";
+      row.cells[1].title = item.filename || "";
       badge(row.cells[2].firstElementChild || row.cells[2].appendChild(document.createElement("span")), item.status, false);
       timeCell(row.cells[3], item.started_at);
       timeCell(row.cells[4], item.finished_at);
