@@ -264,7 +264,7 @@ async def test_the_results_page_lists_every_failure_with_its_reason(site: Any) -
     text = (await site.client.get(f"/direct/upload/results/{job_id}")).text
     failures = re.search(r'<table class="table" id="failures-table">(.*?)</table>', text, re.S)
     assert failures
-    rows = re.findall(r'<td class="filename">(.*?)</td><td class="reason">(.*?)</td>',
+    rows = re.findall(r'<td class="filename"[^>]*>(.*?)</td><td class="reason">(.*?)</td>',
                       failures.group(1))
     assert rows == [("big.jpg", "File too large (max 1MB)"),
                     ("report.jpg", "Invalid file type: application/pdf. Only JPG/PNG allowed.")]
