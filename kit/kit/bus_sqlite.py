@@ -14,6 +14,14 @@ ran out, e.g. a process frozen longer than the lease, loses its partitions: at-l
 A member whose process is gone (same host and PID namespace, PID not running) is reaped at once,
 so a restarted process does not wait out the lease of its crashed predecessor.
 
+Retention (`prune`): records older than their topic's retention are deleted from the start of
+each partition, but never past the committed offset of any consumer group of that partition,
+and the space goes back to the file system (auto_vacuum=INCREMENTAL). Offsets come from a
+per-partition high-water mark, so they keep increasing even when every record was pruned.
+
+The file is private (0600, its -wal and -shm alike; a folder the bus creates is 0700): events
+carry job and item ids, and a shared machine must not let other accounts read or forge them.
+
 Every sqlite call runs on one worker thread per bus, never on the event loop.
 """
 
@@ -35,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from kit.ports import Delivery, KitError, Message
+from kit.ports import Delivery, KitError, Message, PruneResult, RetentionPolicy
 from kit.tracing import inject
 
 __all__ = ["SqliteEventBus"]
@@ -45,7 +53,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TopicPartition = tuple[str, int]
 
-_SCHEMA_VERSION = 1
+# 1: topics, records, offsets, groups. 2: partition_heads (offsets survive pruning); files of
+# version 1 also switch to auto_vacuum=INCREMENTAL, at their first prune (see `_reclaim`).
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
     name TEXT PRIMARY KEY,
@@ -85,7 +95,35 @@ CREATE TABLE IF NOT EXISTS partition_owners (
     member_id TEXT NOT NULL,
     PRIMARY KEY (group_id, topic, partition_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS partition_heads (
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO partition_heads (topic, partition_id, next_offset)
+    SELECT topic, partition_id, MAX(record_offset) + 1 FROM records GROUP BY topic, partition_id;
 """
+
+# Records deleted per write transaction while pruning, so publishers (of any process) wait at
+# most one chunk for the write lock: 5,000 records of 600 bytes took 40-80 ms here.
+_PRUNE_CHUNK = 5_000
+# Pages given back per incremental-vacuum transaction: up to ~1 s holding the write lock.
+_VACUUM_PAGES = 1024
+
+
+def _create_private(path: Path) -> None:
+    """Create the folder (0700) and the file (0600) before SQLite opens it: SQLite creates
+    its -wal and -shm with the permissions of the database file. An existing file or folder
+    keeps the permissions it has (an operator may have chosen them)."""
+    if not path.parent.is_dir():
+        # `mode` applies to the last folder only; the umask can only take bits away.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # an empty file is an empty database to SQLite
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -146,6 +184,9 @@ class _Plan:
     owned: dict[TopicPartition, int]
 
 
+_KEEP_A_WEEK = RetentionPolicy()
+
+
 class SqliteEventBus:
     """`EventBus` on one SQLite file. The file and its folder are created on first use."""
 
@@ -153,11 +194,13 @@ class SqliteEventBus:
         self,
         *,
         path: Path,
+        retention: RetentionPolicy = _KEEP_A_WEEK,
         poll_interval: float = 0.1,
         lease_seconds: float = 30.0,
         busy_timeout: float = 30.0,
     ) -> None:
         self._path = path
+        self._retention = retention
         self._poll_interval = poll_interval
         self._lease_seconds = lease_seconds
         self._busy_timeout = busy_timeout
@@ -194,6 +237,42 @@ class SqliteEventBus:
                 raise ValueError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
         await self._run(self._create_topics, dict(topics))
 
+    async def prune(self) -> PruneResult:
+        """Delete what the retention policy lets go, then give the space back to the disk.
+
+        Chunked (`_PRUNE_CHUNK` records per transaction, each its own turn on the worker
+        thread) so publishes and commits of this and other processes go on meanwhile.
+        """
+        now = time.time()
+        partitions = await self._run(self._partitions)
+        deleted = held = 0
+        held_by: set[str] = set()
+        for topic, partition in partitions:
+            keep_seconds = self._retention.seconds_for(topic)
+            if keep_seconds is None:
+                continue
+            while True:
+                count = await self._run(
+                    self._delete_expired, topic, partition, now - keep_seconds, _PRUNE_CHUNK
+                )
+                deleted += count
+                if count < _PRUNE_CHUNK:
+                    break
+            kept, groups = await self._run(self._held_back, topic, partition, now - keep_seconds)
+            held += kept
+            held_by.update(groups)
+        if held:
+            log.warning(
+                "event log: %d records past their retention are kept for consumer groups that"
+                " have not committed them: %s",
+                held,
+                ", ".join(sorted(held_by)),
+            )
+        reclaimed = await self._run(self._reclaim)
+        return PruneResult(
+            deleted=deleted, held=held, held_by=tuple(sorted(held_by)), reclaimed_bytes=reclaimed
+        )
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -225,7 +304,7 @@ class SqliteEventBus:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self._path)
             conn = sqlite3.connect(
                 self._path,
                 timeout=self._busy_timeout,
@@ -234,6 +313,9 @@ class SqliteEventBus:
             )
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                # Before WAL: only a file without pages takes it at once (setting WAL writes
+                # page 1); an older file keeps its mode until `_reclaim` vacuums it.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 conn.execute("PRAGMA journal_mode = WAL")
                 # FULL: an acknowledged publish or commit survives a power cut too.
                 conn.execute("PRAGMA synchronous = FULL")
@@ -245,6 +327,8 @@ class SqliteEventBus:
                     )
                 if version < _SCHEMA_VERSION:
                     with _write_transaction(conn):
+                        # Every statement is idempotent, so a process that migrates a file
+                        # another one migrated a moment ago changes nothing.
                         for statement in _SCHEMA.split(";"):
                             if statement.strip():
                                 conn.execute(statement)
@@ -274,8 +358,11 @@ class SqliteEventBus:
                 "SELECT partitions FROM topics WHERE name = ?", (topic,)
             ).fetchone()
             partition = partition_for(key, partitions)
+            # The high-water mark, not MAX(record_offset) + 1: that would hand out offsets
+            # again once a prune emptied the partition, and groups would skip the new records.
+            # Keeping it costs one more row write: 0.40 -> 0.47 ms a publish (WAL, FULL sync).
             (offset,) = conn.execute(
-                "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM records"
+                "SELECT COALESCE(MAX(next_offset), 0) FROM partition_heads"
                 " WHERE topic = ? AND partition_id = ?",
                 (topic, partition),
             ).fetchone()
@@ -285,6 +372,12 @@ class SqliteEventBus:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (topic, partition, offset, key, value, headers, time.time()),
             )
+            conn.execute(
+                "INSERT INTO partition_heads (topic, partition_id, next_offset) VALUES (?, ?, ?)"
+                " ON CONFLICT (topic, partition_id)"
+                " DO UPDATE SET next_offset = excluded.next_offset",
+                (topic, partition, offset + 1),
+            )
 
     @staticmethod
     def _create_topics(conn: sqlite3.Connection, topics: dict[str, int]) -> None:
@@ -292,6 +385,142 @@ class SqliteEventBus:
             conn.executemany(
                 "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)", topics.items()
             )
+
+    @staticmethod
+    def _partitions(conn: sqlite3.Connection) -> list[TopicPartition]:
+        return [
+            (topic, partition)
+            for topic, partition in conn.execute(
+                "SELECT topic, partition_id FROM partition_heads ORDER BY topic, partition_id"
+            )
+        ]
+
+    @staticmethod
+    def _expired_below(
+        conn: sqlite3.Connection, topic: str, partition: int, cutoff: float, limit: int | None
+    ) -> int | None:
+        """An offset below which every record is older than `cutoff`, at most `limit` past the
+        partition's first record (None: the partition is empty).
+
+        From the start of the partition up to its first younger record, like Kafka deleting
+        whole old segments: a record stamped earlier after a clock step back waits for its
+        neighbours. Reads at most `limit` records (the primary key is in offset order).
+        """
+        (first,) = conn.execute(
+            "SELECT MIN(record_offset) FROM records WHERE topic = ? AND partition_id = ?",
+            (topic, partition),
+        ).fetchone()
+        if first is None:
+            return None
+        end = first + limit if limit is not None else 2**63 - 1
+        young = conn.execute(
+            "SELECT record_offset FROM records WHERE topic = ? AND partition_id = ?"
+            " AND record_offset < ? AND published_at >= ? ORDER BY record_offset LIMIT 1",
+            (topic, partition, end, cutoff),
+        ).fetchone()
+        if young is not None:
+            return int(young[0])
+        (head,) = conn.execute(
+            "SELECT next_offset FROM partition_heads WHERE topic = ? AND partition_id = ?",
+            (topic, partition),
+        ).fetchone()
+        return min(int(head), end)
+
+    @staticmethod
+    def _group_positions(conn: sqlite3.Connection, topic: str, partition: int) -> dict[str, int]:
+        """Where each consumer group of the partition is: its committed offset, or 0 for a
+        group with a member on the topic (lease unexpired) that has committed nothing there
+        yet: it reads from the start, so it has processed nothing."""
+        positions: dict[str, int] = {
+            group: next_offset
+            for group, next_offset in conn.execute(
+                "SELECT group_id, next_offset FROM committed_offsets"
+                " WHERE topic = ? AND partition_id = ?",
+                (topic, partition),
+            )
+        }
+        for group, topics in conn.execute(
+            "SELECT group_id, topics FROM group_members WHERE expires_at >= ?", (time.time(),)
+        ):
+            if topic in json.loads(topics):
+                positions.setdefault(group, 0)
+        return positions
+
+    def _delete_expired(
+        self, conn: sqlite3.Connection, topic: str, partition: int, cutoff: float, limit: int
+    ) -> int:
+        """Delete up to `limit` records from the start of the partition that are older than
+        `cutoff` and committed by every group. Bounds are read under the write lock, so a
+        group that commits or joins meanwhile is taken into account."""
+        with _write_transaction(conn):
+            below = self._expired_below(conn, topic, partition, cutoff, limit)
+            if below is None:
+                return 0
+            below = min([below, *self._group_positions(conn, topic, partition).values()])
+            return conn.execute(
+                "DELETE FROM records WHERE topic = ? AND partition_id = ? AND record_offset < ?",
+                (topic, partition, below),
+            ).rowcount
+
+    def _held_back(
+        self, conn: sqlite3.Connection, topic: str, partition: int, cutoff: float
+    ) -> tuple[int, list[str]]:
+        """Records past their retention still kept, and the groups they are kept for."""
+        conn.execute("BEGIN")
+        try:
+            # Walks every held record: as many as the slowest group is behind, once a prune.
+            below = self._expired_below(conn, topic, partition, cutoff, None)
+            if below is None:
+                return 0, []
+            (count, last) = conn.execute(
+                "SELECT COUNT(*), MAX(record_offset) FROM records"
+                " WHERE topic = ? AND partition_id = ? AND record_offset < ?",
+                (topic, partition, below),
+            ).fetchone()
+            if not count:
+                return 0, []
+            positions = self._group_positions(conn, topic, partition)
+            return int(count), [group for group, at in positions.items() if at <= last]
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _reclaim(conn: sqlite3.Connection) -> int:
+        """Give the pages freed by deleting back to the file system; returns the bytes.
+
+        Incremental vacuum moves live pages from the end of the file into the holes, 0.4-1 ms
+        a page here (852 pages, 3.5 MB, ~1.4 h of log at 10,000 images a day: 0.4-0.9 s), in
+        steps of `_VACUUM_PAGES` so other processes write in between. When most of the file is free
+        (a first prune, or one after a group held everything back) a VACUUM, which copies
+        only the live pages, is far quicker: 32,696 free pages of 34,300 took 9.9 s
+        incrementally and 0.24 s by VACUUM.
+
+        A file made before schema 2 has auto_vacuum=NONE and needs one VACUUM to switch: done
+        here, once a prune has freed pages, not when the file is opened, because a site
+        upgrading with a year of log (~22 GB) would otherwise copy all of it before starting
+        and need as much free disk again. The WAL is checkpointed last: in WAL mode freed
+        pages leave the main file only then.
+        """
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        (before,) = conn.execute("PRAGMA page_count").fetchone()
+        (mode,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        if free and (mode != 2 or free * 2 > before):  # 2 = INCREMENTAL
+            log.info("event log: VACUUM (auto_vacuum %s, %d of %d pages free)", mode, free, before)
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+            (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        while free:
+            conn.execute(f"PRAGMA incremental_vacuum({_VACUUM_PAGES})").fetchall()
+            (left,) = conn.execute("PRAGMA freelist_count").fetchone()
+            if left >= free:  # nothing moved: not incremental after all
+                break
+            free = left
+        # TRUNCATE also empties the -wal file; it gives up (no error) while another process
+        # is reading, and that process's next checkpoint finishes the job.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        (after,) = conn.execute("PRAGMA page_count").fetchone()
+        return max(0, int(before) - int(after)) * int(page_size)
 
     def _sync_membership(
         self, conn: sqlite3.Connection, group: str, member_id: str, topics: tuple[str, ...]

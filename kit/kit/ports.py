@@ -80,7 +80,8 @@ class Delivery:
 
 
 class Consumer(Protocol):
-    """One member of a consumer group. Commit marks a delivery and all before it as done."""
+    """One member of a consumer group. Commit marks a delivery and all before it as done.
+    Fetch and commit raise Unavailable when the bus cannot be reached within a bounded time."""
 
     async def fetch(self, *, max_records: int = 50, timeout: float = 1.0) -> Sequence[Delivery]:
         ...
@@ -327,6 +328,12 @@ class Collection(Protocol):
 
     async def put(self, doc: Document) -> None:
         """Insert or replace by `_id`; raises DuplicateKey when a unique index refuses it."""
+        ...
+
+    async def put_many(self, docs: Sequence[Document]) -> None:
+        """`put` each document, in one round trip (bulk imports, seeding). All documents are
+        checked before any is written; a DuplicateKey from a unique index may leave the ones
+        before it written (MongoDB's bulk writes are not transactions)."""
         ...
 
     async def update(

@@ -1,8 +1,9 @@
 """The event-bus contract: one abstract suite, run against every adapter.
 
 `BusContract` pins what services may rely on from any `EventBus`; each adapter subclasses it
-and provides the `bus` fixture. Topic and group names are unique per test so tests sharing one
-Kafka never see each other's records.
+and provides the fixtures `bus` and `pruning_bus` (whose `prune` may delete records a second
+old). Topic and group names are unique per test so tests sharing one Kafka never see each
+other's records.
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ import textwrap
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from contracts.topics import dead_letter
 from kit.bus_kafka import KafkaEventBus
 from kit.bus_sqlite import SqliteEventBus
-from kit.ports import Consumer, Delivery, EventBus, Message
+from kit.ports import Consumer, Delivery, EventBus, Message, PruneResult, RetentionPolicy
+from kit.settings import PlatformSettings
 from kit.tracing import extract, inject
+
+# Records older than a second may be pruned: tests wait ~1 s instead of a week.
+ONE_SECOND = RetentionPolicy(default_hours=1 / 3600)
 
 
 def unique(prefix: str) -> str:
@@ -306,11 +313,58 @@ class BusContract:
         await first.close()
         await second.close()
 
+    async def test_prune_keeps_what_a_group_has_not_committed_and_offsets_go_on(
+        self, pruning_bus: EventBus
+    ) -> None:
+        bus = pruning_bus
+        topic, done, behind = unique("retained"), unique("done"), unique("behind")
+        await bus.ensure_topics({topic: 1})
+        for i in range(4):
+            await bus.publish(topic, Message(key="k", value=str(i).encode()))
+        for group, upto in ((done, 3), (behind, 1)):
+            consumer = bus.consumer(group=group, topics=[topic])
+            received = await drain(consumer, 4)
+            await consumer.commit(received[upto])
+            await consumer.close()
+        await asyncio.sleep(1.2)  # every record is now past its retention
+
+        result = await bus.prune()
+        assert isinstance(result, PruneResult)
+        await bus.publish(topic, Message(key="k", value=b"4"))
+
+        consumer = bus.consumer(group=behind, topics=[topic])
+        resumed = await drain(consumer, 3)
+        assert [(d.offset, d.message.value) for d in resumed] == [(2, b"2"), (3, b"3"), (4, b"4")]
+        await consumer.close()
+        consumer = bus.consumer(group=done, topics=[topic])
+        assert [(d.offset, d.message.value) for d in await drain(consumer, 1)] == [(4, b"4")]
+        await consumer.close()
+
+    async def test_prune_leaves_records_younger_than_their_retention(self, bus: EventBus) -> None:
+        topic, group = unique("young"), unique("group")
+        await bus.ensure_topics({topic: 1})
+        await bus.publish(topic, Message(key="k", value=b"fresh"))
+        consumer = bus.consumer(group=group, topics=[topic])
+        [delivery] = await drain(consumer, 1)
+        await consumer.commit(delivery)
+        await consumer.close()
+
+        assert (await bus.prune()).deleted == 0
+        late = bus.consumer(group=unique("late"), topics=[topic])
+        assert [d.message.value for d in await drain(late, 1)] == [b"fresh"]
+        await late.close()
+
 
 class TestSqliteBus(BusContract):
     @pytest.fixture
     async def bus(self, tmp_path: Path) -> AsyncIterator[EventBus]:
         bus = SqliteEventBus(path=tmp_path / "bus.sqlite3")
+        yield bus
+        await bus.close()
+
+    @pytest.fixture
+    async def pruning_bus(self, tmp_path: Path) -> AsyncIterator[EventBus]:
+        bus = SqliteEventBus(path=tmp_path / "bus.sqlite3", retention=ONE_SECOND)
         yield bus
         await bus.close()
 
@@ -405,8 +459,70 @@ class TestKafkaBus(BusContract):
         yield bus
         await bus.close()
 
+    @pytest.fixture
+    async def pruning_bus(self, kafka_bootstrap: str) -> AsyncIterator[EventBus]:
+        # On Kafka the broker applies retention, not prune, and it deletes by age alone,
+        # whatever the groups committed (Kafka's semantics). Its check runs every 5 minutes,
+        # so a one-second retention here could delete the test's records mid-test: a week.
+        bus = KafkaEventBus(bootstrap=kafka_bootstrap, client_id=unique("contract"))
+        yield bus
+        await bus.close()
+
 
 def test_inject_adds_nothing_without_a_current_span_and_keeps_the_callers_headers() -> None:
     replayed = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     assert inject(replayed) == replayed
     assert inject({}) == {}
+
+
+def test_retention_is_a_week_and_dead_letters_are_kept_forever_by_default() -> None:
+    policy = RetentionPolicy()
+    assert policy.hours_for("items.status") == 168.0
+    assert policy.seconds_for("items.status") == 168 * 3600
+    assert policy.hours_for(dead_letter("items.status")) is None
+    assert policy.seconds_for(dead_letter("items.status")) is None
+
+
+def test_a_per_topic_override_wins_over_the_default_and_the_dead_letter_rule() -> None:
+    policy = RetentionPolicy(
+        default_hours=24,
+        dead_letter_hours=24 * 90,
+        overrides={"items.status": 720, "uploads.received": None, "x.dlq": 1},
+    )
+    assert policy.hours_for("items.status") == 720
+    assert policy.hours_for("uploads.received") is None
+    assert policy.hours_for("x.dlq") == 1
+    assert policy.hours_for(dead_letter("items.ingested")) == 24 * 90
+    assert policy.hours_for("reports.parsed") == 24
+
+
+def test_a_retention_policy_cannot_be_changed_or_given_a_non_positive_time() -> None:
+    overrides = {"a": 1.0}
+    policy = RetentionPolicy(overrides=overrides)
+    overrides["a"] = 2.0  # the caller's dict is copied, not held
+    assert policy.hours_for("a") == 1.0
+    assert isinstance(policy.overrides, MappingProxyType)
+    for bad in ({"default_hours": 0}, {"dead_letter_hours": -1}, {"overrides": {"a": 0}}):
+        with pytest.raises(ValueError, match="retention"):
+            RetentionPolicy(**bad)
+
+
+def test_retention_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPLOADER_EVENT_RETENTION_HOURS", "48")
+    monkeypatch.setenv("UPLOADER_EVENT_RETENTION_OVERRIDES", '{"items.status": 720, "a": null}')
+    monkeypatch.setenv("UPLOADER_DEAD_LETTER_RETENTION_HOURS", "2160")
+    monkeypatch.setenv("UPLOADER_KAFKA_REPLICATION_FACTOR", "3")
+    settings = PlatformSettings()
+    policy = RetentionPolicy(
+        default_hours=settings.event_retention_hours,
+        dead_letter_hours=settings.dead_letter_retention_hours,
+        overrides=settings.event_retention_overrides,
+    )
+    assert policy.hours_for("items.ingested") == 48
+    assert policy.hours_for("items.status") == 720
+    assert policy.hours_for("a") is None
+    assert policy.hours_for(dead_letter("a.b")) == 2160
+    assert settings.kafka_replication_factor == 3
+    defaults = PlatformSettings.model_construct()
+    assert defaults.dead_letter_retention_hours is None
+    assert defaults.kafka_unavailable_after_seconds == 10.0

@@ -84,6 +84,32 @@ class DocumentsContract:
         await items.put({"_id": "k", "new": 2})
         assert await items.get("k") == {"_id": "k", "new": 2}
 
+    async def test_put_many_inserts_and_replaces_a_batch_in_one_call(
+        self, items: Collection
+    ) -> None:
+        await items.put({"_id": "k0", "old": True})
+        await items.put_many([{"_id": f"k{i}", "n": i} for i in range(250)])
+        assert await items.count() == 250
+        assert await items.get("k0") == {"_id": "k0", "n": 0}
+        assert await items.get("k249") == {"_id": "k249", "n": 249}
+        await items.put_many([])  # nothing to do is not an error
+
+    async def test_put_many_checks_every_document_before_writing_any(
+        self, items: Collection
+    ) -> None:
+        with pytest.raises(TypeError):
+            await items.put_many([{"_id": "ok"}, {"_id": "bad", "at": datetime.now(UTC)}])
+        assert await items.count() == 0
+
+    async def test_put_many_is_refused_by_a_unique_index(self, documents: Documents) -> None:
+        users = documents.collection("users")
+        await documents.ensure_indexes("users", [Index(fields=(("username", 1),), unique=True)])
+        await users.insert({"_id": "u1", "username": "ann"})
+        with pytest.raises(DuplicateKey):
+            await users.put_many([{"_id": "u2", "username": "bob"},
+                                  {"_id": "u3", "username": "ann"}])
+        assert await users.get("u3") is None
+
     async def test_delete_reports_whether_something_was_deleted(self, items: Collection) -> None:
         await items.insert({"_id": "k"})
         assert await items.delete("k") is True
