@@ -411,6 +411,22 @@ class DocumentsContract:
         assert ids(await items.find({"flag": AnyOf([False, 2.5])})) == ["d"]
         assert ids(await items.find({"n": AnyOf([2.5, True])})) == ["c"]
 
+    async def test_a_sorted_page_mixes_arrays_and_scalars_in_one_order(
+        self, documents: Documents, items: Collection
+    ) -> None:
+        await documents.ensure_indexes("items", [Index(fields=(("tag", 1), ("at", 1)))])
+        await items.put_many([
+            {"_id": "a", "tag": "x", "at": 5}, {"_id": "b", "tag": ["y", "x"], "at": 1},
+            {"_id": "c", "tag": "x", "at": 3}, {"_id": "d", "tag": ["x"], "at": 4},
+            {"_id": "e", "tag": "y", "at": 2}, {"_id": "f", "tag": "x", "other": ["x"], "at": 0},
+        ])
+        page = await items.find({"tag": "x"}, sort=[("at", 1)], limit=3)
+        assert ids(page) == ["f", "b", "c"]
+        assert ids(await items.find({"tag": "x"}, sort=[("at", 1)], limit=3, skip=3)) == \
+            ["d", "a"]
+        assert ids(await items.find({"tag": AnyOf(["x", "y"])}, sort=[("at", -1)],
+                                    limit=4)) == ["a", "d", "c", "e"]
+
     async def test_any_of_matches_an_array_holding_one_of_the_values(
         self, items: Collection
     ) -> None:
