@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -132,3 +133,28 @@ def test_an_outside_client_reads_item_status_events_that_match_the_published_sch
     assert seen_types == {"org.imaging-uploader.job.opened.v1",
                           "org.imaging-uploader.item.status.v1"}
     assert any(m["subject"] == job_id for m in messages)
+
+
+def test_a_worker_stopped_with_sigterm_mid_job_finishes_its_event_and_hands_over(
+    distributed: Distributed,
+) -> None:
+    files = [(f"t{i:02}.jpg", fundus_image(size=900, seed=700 + i), "image/jpeg")
+             for i in range(12)]
+    response = upload(distributed.gateway.url, distributed.token, files)
+    assert response.status_code == 201, response.text
+    second = distributed.processes["anonymizer-2"]
+    assert second.popen is not None
+    second.popen.send_signal(signal.SIGTERM)
+    assert second.popen.wait(timeout=40) == 0, second.log_tail()
+    # What it had not committed goes to the other member of the group; nothing is lost.
+    final = wait_for_job(distributed.gateway.url, distributed.token,
+                         response.json()["job_id"], timeout=240)
+    assert final["status"] == "done" and final["succeeded"] == 12, final
+
+
+def test_every_process_stops_cleanly_on_sigterm(distributed: Distributed) -> None:
+    """Last in this module: `docker stop` / Kubernetes send SIGTERM; each process finishes
+    the event in hand, closes its clients and exits 0."""
+    for name, process in distributed.processes.items():
+        if process.popen is not None and process.popen.poll() is None:
+            assert process.stop() == 0, f"{name}:\n{process.log_tail()}"
