@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from anonymizer.spec import SPEC as ANONYMIZER
 from contracts.topics import ALL_TOPICS, dead_letter
@@ -22,8 +25,8 @@ from job_tracker.spec import SPEC as JOB_TRACKER
 from kit.health import ops_app
 from kit.http_server import Server
 from kit.http_server import server as http_server
-from kit.ports import Documents, EventBus, ObjectStore
-from kit.runtime import ServiceRunner
+from kit.ports import Documents, EventBus, ObjectStore, Range, RetentionPolicy
+from kit.runtime import LEDGER_COLLECTION, LEDGER_INDEXES, ServiceRunner
 from kit.service import Platform, ServiceSpec, build_processor
 from kit.settings import PlatformSettings
 from kit.telemetry import configure_logging, configure_tracing
@@ -67,14 +70,20 @@ def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") ->
     if "sqlite" in (settings.bus, settings.db) or settings.store == "fs":
         # Private: it holds uploads as received (PHI) and every account.
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    retention = RetentionPolicy(default_hours=settings.event_retention_hours,
+                                dead_letter_hours=settings.dead_letter_retention_hours,
+                                overrides=settings.event_retention_overrides)
     if settings.bus == "kafka":
         from kit.bus_kafka import KafkaEventBus
 
-        bus = KafkaEventBus(bootstrap=settings.kafka_bootstrap, client_id=client_id)
+        bus = KafkaEventBus(bootstrap=settings.kafka_bootstrap, client_id=client_id,
+                            retention=retention,
+                            replication_factor=settings.kafka_replication_factor,
+                            unavailable_after=settings.kafka_unavailable_after_seconds)
     else:
         from kit.bus_sqlite import SqliteEventBus
 
-        bus = SqliteEventBus(path=data / "events.sqlite3")
+        bus = SqliteEventBus(path=data / "events.sqlite3", retention=retention)
     if settings.store == "s3":
         from kit.store_s3 import S3ObjectStore
 
@@ -105,6 +114,7 @@ async def prepare(platform: Platform, services: Sequence[ServiceSpec] = SPECS) -
     topics = {t.name: t.partitions for t in ALL_TOPICS}
     topics.update({dead_letter(t.name): 1 for t in ALL_TOPICS})
     await platform.bus.ensure_topics(topics)
+    await platform.docs.ensure_indexes(LEDGER_COLLECTION, LEDGER_INDEXES)
     for service in services:
         for collection, indexes in service.indexes.items():
             await platform.docs.ensure_indexes(collection, indexes)
@@ -112,8 +122,38 @@ async def prepare(platform: Platform, services: Sequence[ServiceSpec] = SPECS) -
             await service.prepare(platform)
 
 
-async def maintain(platform: Platform, services: Sequence[ServiceSpec]) -> None:
-    """One round of every service's periodic work; a failure is logged, never fatal."""
+@dataclass
+class _Housekeeping:
+    """The platform's own periodic work: event-log retention and the ledger's."""
+
+    last_prune: float = -math.inf
+
+    async def __call__(self, platform: Platform) -> None:
+        settings = platform.settings
+        if time.monotonic() - self.last_prune >= settings.event_prune_interval_seconds:
+            self.last_prune = time.monotonic()
+            pruned = await platform.bus.prune()
+            if pruned.deleted or pruned.held:
+                log.info("event log: %d expired record(s) deleted, %d kept for group(s) %s "
+                         "that have not processed them, %d bytes reclaimed", pruned.deleted,
+                         pruned.held, ", ".join(pruned.held_by) or "-",
+                         pruned.reclaimed_bytes)
+            cutoff = time.time() - settings.ledger_retention_hours * 3600
+            forgotten = await platform.docs.collection(LEDGER_COLLECTION).delete_many(
+                {"at": Range(lt=cutoff)})
+            if forgotten:
+                log.info("ledger: forgot %d event(s) handled before the retention", forgotten)
+
+
+async def maintain(platform: Platform, services: Sequence[ServiceSpec],
+                   housekeeping: _Housekeeping | None = None) -> None:
+    """One round of the platform's and every service's periodic work; a failure is logged,
+    never fatal."""
+    try:
+        await (housekeeping or _Housekeeping())(platform)
+    except Exception:
+        log.warning("event-log and ledger retention failed; trying again next time",
+                    exc_info=True)
     for service in services:
         if service.maintain is None:
             continue
@@ -125,14 +165,14 @@ async def maintain(platform: Platform, services: Sequence[ServiceSpec]) -> None:
 
 
 async def _maintain_until(stop: asyncio.Event, platform: Platform,
-                          services: Sequence[ServiceSpec]) -> None:
+                          services: Sequence[ServiceSpec], housekeeping: _Housekeeping) -> None:
     while True:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(platform.settings.maintenance_seconds):
                 await stop.wait()
         if stop.is_set():
             return
-        await maintain(platform, services)
+        await maintain(platform, services, housekeeping)
 
 
 @contextlib.contextmanager
@@ -181,9 +221,10 @@ async def serve(
             tasks = [asyncio.create_task(r.run(stop), name=r.name) for r in runners]
             # Start-up maintenance first (what a crash left is given back before the first
             # request), then on a timer beside the services.
-            await maintain(platform, specs)
-            tasks.append(asyncio.create_task(_maintain_until(stop, platform, specs),
-                                             name="maintenance"))
+            housekeeping = _Housekeeping()
+            await maintain(platform, specs, housekeeping)
+            tasks.append(asyncio.create_task(
+                _maintain_until(stop, platform, specs, housekeeping), name="maintenance"))
 
             def is_ready() -> bool:
                 return all(r.ready.is_set() for r in runners) and not any(t.done() for t in tasks)

@@ -37,12 +37,14 @@ from kit.ports import (
     Delivery,
     DuplicateKey,
     EventBus,
+    Index,
     Message,
     Unavailable,
 )
 
 __all__ = [
     "LEDGER_COLLECTION",
+    "LEDGER_INDEXES",
     "PROCESSING_FAILED",
     "Emit",
     "EventProcessor",
@@ -57,8 +59,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# The processed-events ledger: one entry per (service, event id) handled.
+# The processed-events ledger: one entry per (service, event id) handled, with when.
 LEDGER_COLLECTION = "processed_events"
+LEDGER_INDEXES = (Index(fields=(("at", 1),)),)
 PROCESSING_FAILED = "Processing failed; the file is kept and can be retried by support"
 tracer = trace.get_tracer("imaging-uploader.runtime")
 

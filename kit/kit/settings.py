@@ -36,6 +36,10 @@ class PlatformSettings(BaseSettings):
     dead_letter_retention_hours: float | None = Field(default=None, gt=0)
     # How often the embedded bus prunes (Kafka's broker prunes on its own schedule).
     event_prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    # The processed-events ledger forgets an event this long after handling it. A dead letter
+    # replayed later than that is handled again by the services that had already handled it
+    # (their handlers are idempotent: the same records, the same objects).
+    ledger_retention_hours: float = Field(default=720.0, gt=0)
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "minioadmin"
     s3_secret_key: str = "minioadmin"

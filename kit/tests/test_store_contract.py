@@ -35,8 +35,8 @@ from minio.minioadmin import MinioAdmin
 from kit.ports import ObjectNotFound, ObjectStore, StorageFull, StoredObject, Unavailable
 from kit.store_fs import FilesystemObjectStore
 from kit.store_s3 import S3ObjectStore
-from testkit.fs import small_tmpfs
 from testkit.engines import MinioEngine, start_minio
+from testkit.fs import small_tmpfs
 
 MiB = 1 << 20
 
