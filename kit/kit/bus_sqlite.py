@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sqlite3
 import time
 import uuid
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kit.ports import Delivery, KitError, Message, PruneResult, RetentionPolicy
+from kit.process import host_identity, process_alive
 from kit.tracing import inject
 
 __all__ = ["SqliteEventBus"]
@@ -142,27 +142,6 @@ def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _host_identity() -> str:
-    """Which processes we can check for liveness: same host name AND same PID namespace."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = "?"
-    return f"{socket.gethostname()}|{namespace}"
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, it is just not ours
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -337,7 +316,7 @@ class SqliteEventBus:
                 conn.close()
                 raise
             self._conn = conn
-            self._host = _host_identity()
+            self._host = host_identity()
         return self._conn
 
     def _close_connection(self) -> None:
@@ -594,7 +573,7 @@ class SqliteEventBus:
             if member.member_id == member_id:
                 live.append(member)
             elif member.expires_at < now or (
-                member.host == self._host and not _process_alive(member.pid)
+                member.host == self._host and not process_alive(member.pid)
             ):
                 reap.append(member.member_id)
             else:

@@ -8,16 +8,29 @@ import socket
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["ProcessIdentity", "current_process"]
+__all__ = ["ProcessIdentity", "current_process", "host_identity", "process_alive"]
 
 
-def _host() -> str:
+def host_identity() -> str:
     """Which processes we can check for liveness: same host name AND same PID namespace."""
     try:
         namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
         namespace = "?"
     return f"{socket.gethostname()}|{namespace}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this machine (in this PID namespace)."""
+    if os.name != "posix":  # os.kill(pid, 0) sends CTRL_C_EVENT on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, it is just not ours
+        return True
+    return True
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -53,20 +66,16 @@ class ProcessIdentity:
     def known_dead(self) -> bool:
         """True only when this machine can tell the process is gone (same host and PID
         namespace, and no process with its PID and start time); otherwise a lease decides."""
-        if self.host != _host() or os.name != "posix":
+        if self.host != host_identity() or os.name != "posix":
             return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+        if not process_alive(self.pid):
             return True
-        except OSError:  # EPERM: it exists, it is just not ours
-            return False
         return self.started is not None and _start_ticks(self.pid) != self.started
 
 
 @cache
 def _identity(pid: int) -> ProcessIdentity:
-    return ProcessIdentity(host=_host(), pid=pid, started=_start_ticks(pid))
+    return ProcessIdentity(host=host_identity(), pid=pid, started=_start_ticks(pid))
 
 
 def current_process() -> ProcessIdentity:

@@ -86,7 +86,7 @@ class _SecurityHeaders:
 
 class BodyStalled(GatewayError):
     def __init__(self, seconds: float) -> None:
-        super().__init__(BODY_STALLED.format(seconds=round(seconds)), status_code=408)
+        super().__init__(BODY_STALLED.format(seconds=f"{seconds:g}"), status_code=408)
 
 
 class _BodyDeadline:

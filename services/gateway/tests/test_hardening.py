@@ -5,13 +5,16 @@ and tokens can be ended, sign-in is throttled, forms are bounded, errors are ans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from contracts.events import ObjectRef
 from gateway.accounts import Accounts
 from gateway.app import create_app
 from gateway.audit import AuditLog
@@ -19,7 +22,6 @@ from gateway.direct_upload import FIELDS_TOO_LARGE, TOO_MANY_FIELDS
 from gateway.reference import seed_reference_data
 from gateway.settings import GatewaySettings
 from ingest.read_model import Catalogue, CatalogueRecord, QueueEntry
-from contracts.events import ObjectRef
 from kit.bus_sqlite import SqliteEventBus
 from kit.docs_sqlite import SqliteDocuments
 from kit.store_fs import FilesystemObjectStore
@@ -53,7 +55,7 @@ def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "xYz1"
         if filename is not None:
             disposition += f'; filename="{filename}"'
         body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-                 f"Content-Type: application/octet-stream\r\n\r\n").encode("utf-8")
+                 f"Content-Type: application/octet-stream\r\n\r\n").encode()
         body += data + b"\r\n"
     return body
 
@@ -74,6 +76,28 @@ async def page_csrf(client: httpx.AsyncClient, path: str = "/direct/upload") -> 
     token = CSRF_INPUT.search((await client.get(path)).text)
     assert token is not None
     return token.group(1)
+
+
+@contextlib.asynccontextmanager
+async def own_site(tmp_path: Path, settings: GatewaySettings, *, objects: Path
+                   ) -> AsyncIterator[tuple[httpx.AsyncClient, Accounts, str, SqliteDocuments]]:
+    """A gateway of its own (settings, object store folder), with the uploader "camp"."""
+    docs = SqliteDocuments(path=tmp_path / "documents.sqlite3")
+    bus = SqliteEventBus(path=tmp_path / "events.sqlite3")
+    await seed_reference_data(docs)
+    accounts = Accounts(docs=docs)
+    await accounts.create_user(username="camp", role="uploader", password="pw-camp-1",
+                               lab_unit_ids=("city-retina-clinic",))
+    token, _ = await accounts.create_token("camp")
+    app = create_app(settings=settings, bus=bus, store=FilesystemObjectStore(root=objects),
+                     docs=docs)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://gateway") as client:
+            yield client, accounts, token, docs
+    finally:
+        await bus.close()
+        await docs.close()
 
 
 # --- 1. refused requests leave the quota exactly as it was -----------------------------------
@@ -111,25 +135,15 @@ async def test_a_request_cut_off_inside_a_file_leaves_the_quota_exactly_as_it_wa
 async def test_a_full_disk_answers_507_with_the_message_and_changes_nothing(
     tmp_path: Path,
 ) -> None:
+    settings = GatewaySettings(data_dir=tmp_path, direct_upload_max_file_size_mb=5)
+    big = fundus_image(size=200, seed=1) + bytes(1500 * 1024)  # larger than the disk
     with small_tmpfs(tmp_path / "small", "1m") as mount:
-        settings = GatewaySettings(data_dir=tmp_path, direct_upload_max_file_size_mb=5)
-        docs = SqliteDocuments(path=tmp_path / "documents.sqlite3")
-        bus = SqliteEventBus(path=tmp_path / "events.sqlite3")
-        store = FilesystemObjectStore(root=mount / "objects")
-        await seed_reference_data(docs)
-        accounts = Accounts(docs=docs)
-        await accounts.create_user(username="camp", role="uploader", password="pw-camp-1",
-                                   lab_unit_ids=("city-retina-clinic",))
-        token, _ = await accounts.create_token("camp")
-        app = create_app(settings=settings, bus=bus, store=store, docs=docs)
-        big = fundus_image(size=200, seed=1) + bytes(1500 * 1024)  # larger than the disk
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://gateway") as client:
-                response = await client.post(
-                    "/api/direct/upload", headers={"Authorization": f"Bearer {token}"},
-                    data=FORM, files=[("files", jpeg(2)), ("files", ("big.jpg", big,
-                                                                     "image/jpeg"))])
+        async with own_site(tmp_path, settings, objects=mount / "objects") as site:
+            client, accounts, token, docs = site
+            response = await client.post(
+                "/api/direct/upload", headers={"Authorization": f"Bearer {token}"},
+                data=FORM, files=[("files", jpeg(2)),
+                                  ("files", ("big.jpg", big, "image/jpeg"))])
             assert response.status_code == 507
             assert response.json()["detail"] == (
                 "The server has no storage space left; nothing was kept. "
@@ -139,9 +153,6 @@ async def test_a_full_disk_answers_507_with_the_message_and_changes_nothing(
             assert [p for p in (mount / "objects").rglob("*") if p.is_file()] == []
             assert await docs.collection("file_hashes").count() == 0
             assert await docs.collection("jobs").count() == 0
-        finally:
-            await bus.close()
-            await docs.close()
 
 
 # --- 3. names in any script ------------------------------------------------------------------
@@ -445,15 +456,6 @@ async def test_cookies_are_secure_when_the_site_is_served_over_https(site: Any) 
 
 async def test_a_request_body_that_stops_arriving_is_ended_with_408(tmp_path: Path) -> None:
     settings = GatewaySettings(data_dir=tmp_path, http_body_timeout_seconds=0.5)
-    docs = SqliteDocuments(path=tmp_path / "documents.sqlite3")
-    bus = SqliteEventBus(path=tmp_path / "events.sqlite3")
-    store = FilesystemObjectStore(root=tmp_path / "objects")
-    await seed_reference_data(docs)
-    accounts = Accounts(docs=docs)
-    await accounts.create_user(username="camp", role="uploader", password="pw-camp-1",
-                               lab_unit_ids=("city-retina-clinic",))
-    token, _ = await accounts.create_token("camp")
-    app = create_app(settings=settings, bus=bus, store=store, docs=docs)
 
     async def trickle() -> Any:
         yield multipart(form_parts())
@@ -461,21 +463,17 @@ async def test_a_request_body_that_stops_arriving_is_ended_with_408(tmp_path: Pa
         await asyncio.sleep(3)  # then nothing for longer than the deadline
         yield b"never"
 
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://gateway") as client:
-            response = await client.post(
-                "/api/direct/upload", content=trickle(),
-                headers={"Authorization": f"Bearer {token}",
-                         "Content-Type": "multipart/form-data; boundary=xYz1"})
+    async with own_site(tmp_path, settings, objects=tmp_path / "objects") as site:
+        client, accounts, token, _ = site
+        response = await client.post(
+            "/api/direct/upload", content=trickle(),
+            headers={"Authorization": f"Bearer {token}",
+                     "Content-Type": "multipart/form-data; boundary=xYz1"})
         assert response.status_code == 408
-        assert "no data arrived for 0 seconds" in response.json()["detail"] or \
-            "no data arrived" in response.json()["detail"]
+        assert response.json()["detail"] == (
+            "The upload stalled: no data arrived for 0.5 seconds. Please try again.")
         user = await accounts.get("camp")
         assert user is not None and user.file_upload_count == 0
-    finally:
-        await bus.close()
-        await docs.close()
 
 
 # --- 11. what a newcomer saw -----------------------------------------------------------------
