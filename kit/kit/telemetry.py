@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -16,18 +17,47 @@ from opentelemetry.sdk.trace.export import (
 
 from kit.settings import PlatformSettings
 
-__all__ = ["configure_logging", "configure_tracing"]
+__all__ = ["OncePerInterval", "configure_logging", "configure_tracing"]
 
 _configured = False
 
 
+class OncePerInterval(logging.Filter):
+    """Lets the same message (logger and format string) through once per `seconds`, then
+    says how many copies it held back: a 20 s Kafka outage made aiokafka log about 7,000
+    "Unable connect to node" and "Unable to update metadata" lines across six processes."""
+
+    def __init__(self, *, seconds: float = 30.0, loggers: frozenset[str]) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._loggers = loggers
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in self._loggers:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last, held = self._seen.get(key, (-self._seconds, 0))
+        if now - last < self._seconds:
+            self._seen[key] = (last, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in {self._seconds:g} s)"
+        self._seen[key] = (now, 0)
+        return True
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # aiokafka and the minio SDK are chatty at INFO.
-    for noisy in ("aiokafka", "kafka", "urllib3", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiokafka and the minio SDK are chatty at INFO, and repeat themselves during an outage.
+    noisy = frozenset({"aiokafka", "kafka", "urllib3", "faust", "mode"})
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # On the handlers: a logger's own filters do not see what its children log.
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, OncePerInterval) for f in handler.filters):
+            handler.addFilter(OncePerInterval(loggers=noisy))
 
 
 def configure_tracing(service_name: str, settings: PlatformSettings) -> None:

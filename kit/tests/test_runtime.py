@@ -54,15 +54,30 @@ async def docs(tmp_path: Path) -> AsyncIterator[SqliteDocuments]:
 Handler = Callable[[Event], Awaitable[Sequence[Emit]]]
 
 
-def make_runner(bus: EventBus, docs: SqliteDocuments, handler: Handler, *, name: str = "svc",
-                topic: str = WORK, attempts: int = 3) -> ServiceRunner:
-    return ServiceRunner(processor=EventProcessor(
-        name=name, bus=bus, ledger=docs.collection("ledger"), routes={topic: Route(handler)},
-        max_attempts=attempts, retry_base_seconds=0.001))
+def make_runner(
+    bus: EventBus,
+    docs: SqliteDocuments,
+    handler: Handler,
+    *,
+    name: str = "svc",
+    topic: str = WORK,
+    attempts: int = 3,
+) -> ServiceRunner:
+    return ServiceRunner(
+        processor=EventProcessor(
+            name=name,
+            bus=bus,
+            ledger=docs.collection("ledger"),
+            routes={topic: Route(handler)},
+            max_attempts=attempts,
+            retry_base_seconds=0.001,
+        )
+    )
 
 
-async def run_until(runners: Sequence[ServiceRunner], done: Callable[[], bool],
-                    timeout: float = 10) -> None:
+async def run_until(
+    runners: Sequence[ServiceRunner], done: Callable[[], bool], timeout: float = 10
+) -> None:
     stop = asyncio.Event()
     tasks = [asyncio.create_task(r.run(stop)) for r in runners]
     try:
@@ -78,14 +93,16 @@ async def read_all(bus: EventBus, topic: str) -> list[tuple[CloudEvent, dict[str
     consumer = bus.consumer(group=f"reader-{topic}-{id(bus)}", topics=[topic])
     try:
         deliveries = await consumer.fetch(max_records=500, timeout=0.3)
-        return [(CloudEvent.from_bytes(d.message.value), dict(d.message.headers))
-                for d in deliveries]
+        return [
+            (CloudEvent.from_bytes(d.message.value), dict(d.message.headers)) for d in deliveries
+        ]
     finally:
         await consumer.close()
 
 
-async def test_an_event_delivered_twice_is_handled_once(bus: SqliteEventBus,
-                                                        docs: SqliteDocuments) -> None:
+async def test_an_event_delivered_twice_is_handled_once(
+    bus: SqliteEventBus, docs: SqliteDocuments
+) -> None:
     calls: list[Event] = []
 
     async def handler(event: Event) -> Sequence[Emit]:
@@ -109,7 +126,8 @@ async def test_outputs_of_a_redelivered_event_keep_their_ids(bus: SqliteEventBus
 
 
 async def test_a_failing_handler_is_retried_then_dead_lettered_and_its_item_shows_an_error(
-    bus: SqliteEventBus, docs: SqliteDocuments,
+    bus: SqliteEventBus,
+    docs: SqliteDocuments,
 ) -> None:
     attempts = 0
 
@@ -137,7 +155,8 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_and_its_item_show
 
 
 async def test_a_replayed_dead_letter_is_handled_again_by_the_service_that_failed(
-    bus: SqliteEventBus, docs: SqliteDocuments,
+    bus: SqliteEventBus,
+    docs: SqliteDocuments,
 ) -> None:
     healthy = False
     handled: list[str] = []
@@ -171,7 +190,8 @@ async def test_a_replayed_dead_letter_is_handled_again_by_the_service_that_faile
 
 
 async def test_shutdown_finishes_the_event_in_hand_and_commits_it(
-    bus: SqliteEventBus, docs: SqliteDocuments,
+    bus: SqliteEventBus,
+    docs: SqliteDocuments,
 ) -> None:
     started, finished = asyncio.Event(), []
 
@@ -215,7 +235,9 @@ def spans() -> InMemorySpanExporter:
 
 
 async def test_one_trace_follows_an_item_across_services(
-    bus: SqliteEventBus, docs: SqliteDocuments, spans: InMemorySpanExporter,
+    bus: SqliteEventBus,
+    docs: SqliteDocuments,
+    spans: InMemorySpanExporter,
 ) -> None:
     async def first(event: Event) -> Sequence[Emit]:
         return [Emit(NEXT, event)]
@@ -228,9 +250,13 @@ async def test_one_trace_follows_an_item_across_services(
 
     with tracing.span("gateway receive file", item_id="item-1"):
         await publish_events(bus, [Emit(WORK, ingested())], source="gateway")
-    await run_until([make_runner(bus, docs, first, name="a"),
-                     make_runner(bus, docs, second, name="b", topic=NEXT)],
-                    lambda: bool(seen))
+    await run_until(
+        [
+            make_runner(bus, docs, first, name="a"),
+            make_runner(bus, docs, second, name="b", topic=NEXT),
+        ],
+        lambda: bool(seen),
+    )
     finished = spans.get_finished_spans()
     root = next(s for s in finished if s.name == "gateway receive file")
     consumers = [s for s in finished if s.name in ("a process work.topic", "b process next.topic")]
@@ -239,7 +265,8 @@ async def test_one_trace_follows_an_item_across_services(
 
 
 async def test_a_backend_outage_is_waited_out_without_using_up_the_attempts(
-    bus: SqliteEventBus, docs: SqliteDocuments,
+    bus: SqliteEventBus,
+    docs: SqliteDocuments,
 ) -> None:
     calls = 0
 
@@ -279,13 +306,24 @@ async def test_stopping_during_an_outage_releases_the_event_instead_of_losing_it
         raise ValueError("a poison event")  # would be dead-lettered, but the bus is down
 
     stopping = asyncio.Event()
-    processor = EventProcessor(name="svc", bus=down, ledger=docs.collection("ledger"),  # type: ignore[arg-type]
-                               routes={WORK: Route(handler)}, max_attempts=1,
-                               retry_base_seconds=0.001, stopping=stopping)
-    envelope = CloudEvent.new(source="/t", type=Ingested.event_type, subject="job-1",
-                              data=ingested().model_dump(mode="json"))
-    delivery = Delivery(topic=WORK, partition=0, offset=0,
-                        message=Message(key="job-1", value=envelope.to_bytes()))
+    processor = EventProcessor(
+        name="svc",
+        bus=down,
+        ledger=docs.collection("ledger"),  # type: ignore[arg-type]
+        routes={WORK: Route(handler)},
+        max_attempts=1,
+        retry_base_seconds=0.001,
+        stopping=stopping,
+    )
+    envelope = CloudEvent.new(
+        source="/t",
+        type=Ingested.event_type,
+        subject="job-1",
+        data=ingested().model_dump(mode="json"),
+    )
+    delivery = Delivery(
+        topic=WORK, partition=0, offset=0, message=Message(key="job-1", value=envelope.to_bytes())
+    )
     task = asyncio.create_task(processor.process(delivery))
     while down.attempts < 3:  # noqa: ASYNC110 - the dead letter is retried while the bus is down
         await asyncio.sleep(0.01)
@@ -293,3 +331,19 @@ async def test_stopping_during_an_outage_releases_the_event_instead_of_losing_it
     with pytest.raises(Released):
         await asyncio.wait_for(task, 10)
     assert await docs.collection("ledger").count() == 0  # not recorded as processed
+
+
+def test_a_message_repeated_during_an_outage_is_logged_once_per_interval() -> None:
+    import logging
+
+    from kit.telemetry import OncePerInterval
+
+    once = OncePerInterval(seconds=60, loggers=frozenset({"aiokafka"}))
+
+    def record(name: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            name, logging.ERROR, __file__, 1, "Unable connect to node with id %s", ("1",), None
+        )
+
+    assert [once.filter(record("aiokafka.conn")) for _ in range(100)].count(True) == 1
+    assert once.filter(record("gateway"))  # our own messages always pass

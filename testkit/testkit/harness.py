@@ -26,15 +26,26 @@ def free_port() -> int:
 
 def uploader_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UPLOADER_")}
-    env.update({"UPLOADER_DATA_DIR": str(data_dir), "UPLOADER_RETRY_BASE_SECONDS": "0.05",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "UPLOADER_DATA_DIR": str(data_dir),
+            "UPLOADER_RETRY_BASE_SECONDS": "0.05",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
 
 def cli(args: Sequence[str], env: Mapping[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "uploader", *args], env=dict(env), cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "uploader", *args],
+        env=dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"uploader {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
@@ -70,7 +81,10 @@ class Process:
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "uploader", *self.args, "--port", str(self.port)],
-            env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -130,20 +144,43 @@ class Process:
             self._log = None
 
 
-def start_process(name: str, args: Sequence[str], *, env: Mapping[str, str], log_dir: Path,
-                  ready_timeout: float = 90) -> Process:
-    return Process(name=name, args=list(args), env=dict(env), port=free_port(),
-                   log_path=log_dir / f"{name}.log").start(ready_timeout=ready_timeout)
+def start_process(
+    name: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log_dir: Path,
+    ready_timeout: float = 90,
+) -> Process:
+    return Process(
+        name=name,
+        args=list(args),
+        env=dict(env),
+        port=free_port(),
+        log_path=log_dir / f"{name}.log",
+    ).start(ready_timeout=ready_timeout)
 
 
-def start_processes(commands: Mapping[str, Sequence[str]], *, env: Mapping[str, str],
-                    log_dir: Path, ready_timeout: float = 90) -> dict[str, Process]:
+def start_processes(
+    commands: Mapping[str, Sequence[str]],
+    *,
+    env: Mapping[str, str],
+    log_dir: Path,
+    ready_timeout: float = 90,
+) -> dict[str, Process]:
     """Start several processes (name -> `uploader` arguments) at once, then wait for each to
     be ready: their start-ups (imports, connecting) overlap, which on 2 cores takes about half
     as long as one after the other. All are stopped if one does not come up."""
-    processes = {name: Process(name=name, args=list(args), env=dict(env), port=free_port(),
-                               log_path=log_dir / f"{name}.log")
-                 for name, args in commands.items()}
+    processes = {
+        name: Process(
+            name=name,
+            args=list(args),
+            env=dict(env),
+            port=free_port(),
+            log_path=log_dir / f"{name}.log",
+        )
+        for name, args in commands.items()
+    }
     try:
         for process in processes.values():
             process.launch()
@@ -176,8 +213,12 @@ FORM = {
 }
 
 
-def upload(base_url: str, token: str, files: Sequence[tuple[str, bytes, str]],
-           form: Mapping[str, str] = FORM) -> httpx.Response:
+def upload(
+    base_url: str,
+    token: str,
+    files: Sequence[tuple[str, bytes, str]],
+    form: Mapping[str, str] = FORM,
+) -> httpx.Response:
     return httpx.post(
         base_url + "/api/direct/upload",
         headers={"Authorization": f"Bearer {token}"},
@@ -188,15 +229,24 @@ def upload(base_url: str, token: str, files: Sequence[tuple[str, bytes, str]],
 
 
 def job_status(base_url: str, token: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{base_url}/api/upload-jobs/{job_id}/status",
-                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    response = httpx.get(
+        f"{base_url}/api/upload-jobs/{job_id}/status",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     response.raise_for_status()
     body: dict[str, Any] = response.json()
     return body
 
 
-def wait_for_job(base_url: str, token: str, job_id: str, *, timeout: float = 180,
-                 until: Sequence[str] = ("done", "error")) -> dict[str, Any]:
+def wait_for_job(
+    base_url: str,
+    token: str,
+    job_id: str,
+    *,
+    timeout: float = 180,
+    until: Sequence[str] = ("done", "error"),
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:

@@ -78,8 +78,7 @@ class PendingUpload:
         """Claim the file's MD5 for this job; raises `Claimed` for a duplicate."""
         if md5 in self.claims:
             raise Claimed(md5)
-        doc = {"_id": md5, "job_id": self.job_id, "item_id": item_id,
-               "at": utcnow().isoformat()}
+        doc = {"_id": md5, "job_id": self.job_id, "item_id": item_id, "at": utcnow().isoformat()}
         try:
             await self.intake.claims.insert(doc)
         except DuplicateKey:
@@ -100,8 +99,9 @@ class PendingUpload:
 
     async def give_back(self) -> None:
         """Refused or failed: release every claim and every quota slot, exactly once."""
-        await self.intake.release(self.job_id, username=self.username,
-                                  quota=self.quota_taken, claims=set(self.claims))
+        await self.intake.release(
+            self.job_id, username=self.username, quota=self.quota_taken, claims=set(self.claims)
+        )
         self.quota_taken, self.claims = 0, set()
 
     async def confirm(self) -> None:
@@ -112,7 +112,8 @@ class PendingUpload:
         if time.monotonic() - self._renewed > LEASE_SECONDS / 4:
             self._renewed = time.monotonic()
             await self.intake.requests.update(
-                self.job_id, set={"lease_until": time.time() + LEASE_SECONDS})
+                self.job_id, set={"lease_until": time.time() + LEASE_SECONDS}
+            )
 
 
 @dataclass(frozen=True)
@@ -134,33 +135,41 @@ class Intake:
         self.jobs = JobRecords(docs=docs)
 
     async def begin(self, *, job_id: str, username: str) -> PendingUpload:
-        await self.requests.insert({
-            "_id": job_id,
-            "username": username,
-            "owner": current_process().as_doc(),
-            "lease_until": time.time() + LEASE_SECONDS,
-            "quota_taken": 0,
-            "created_at": utcnow().isoformat(),
-        })
+        await self.requests.insert(
+            {
+                "_id": job_id,
+                "username": username,
+                "owner": current_process().as_doc(),
+                "lease_until": time.time() + LEASE_SECONDS,
+                "quota_taken": 0,
+                "created_at": utcnow().isoformat(),
+            }
+        )
         return PendingUpload(intake=self, job_id=job_id, username=username)
 
-    async def release(self, job_id: str, *, username: str, quota: int, claims: set[str]
-                      ) -> SweepResult:
-        """Give back what a request took, then forget it. Each step can be repeated: objects
-        and claims are deleted (only claims that are this job's), the quota is given back
-        once, before the request document that records it goes."""
-        objects = 0
-        async for listed in self.store.list(RAW, prefix=f"{job_id}/"):
-            await self.store.delete(RAW, listed.key)
-            objects += 1
+    async def release(
+        self, job_id: str, *, username: str, quota: int, claims: set[str]
+    ) -> SweepResult:
+        """Give back what a request took, then forget it. Every step can be repeated.
+
+        The documents first (claims that are this job's, then the quota, zeroed on the
+        request before it is given back so no repeat gives it twice), then the raw objects.
+        When the object store is down (the very outage that refused the upload), the request
+        stays with its lease ended, and the next sweep removes the objects once the store is
+        back: the user has the quota and the claims back at once."""
         released_claims = 0
         for md5 in claims:
             claim = await self.claims.get(md5)
             if claim is not None and claim.get("job_id") == job_id:
                 await self.claims.delete(md5)
                 released_claims += 1
+        await self.requests.update(job_id, set={"quota_taken": 0, "lease_until": 0})
         if quota:
             await self.accounts.release_upload(username, count=quota)
+        objects = 0
+        async for listed in self.store.list(RAW, prefix=f"{job_id}/"):
+            await self.store.delete(RAW, listed.key)
+            objects += 1
         await self.requests.delete(job_id)
         return SweepResult(requests=1, objects=objects, claims=released_claims, quota=quota)
 
@@ -172,8 +181,7 @@ class Intake:
         if item is None or item.md5 is None:
             return False
         claim = await self.claims.get(item.md5)
-        if claim is None or claim.get("job_id") != job.job_id or \
-                claim.get("item_id") != item_id:
+        if claim is None or claim.get("job_id") != job.job_id or claim.get("item_id") != item_id:
             return False
         if not await self.claims.delete(item.md5):
             return False  # another delivery of the same failure got there first
@@ -204,9 +212,14 @@ class Intake:
                     quota=totals.quota + result.quota,
                 )
         if totals.requests:
-            log.warning("gave back what %d interrupted upload(s) left: %d object(s), "
-                        "%d claim(s), %d quota slot(s)", totals.requests, totals.objects,
-                        totals.claims, totals.quota)
+            log.warning(
+                "gave back what %d interrupted upload(s) left: %d object(s), "
+                "%d claim(s), %d quota slot(s)",
+                totals.requests,
+                totals.objects,
+                totals.claims,
+                totals.quota,
+            )
         return totals
 
     async def _release_request(self, request: dict[str, object]) -> SweepResult:
@@ -217,8 +230,12 @@ class Intake:
             return SweepResult()
         claims = {str(c["_id"]) for c in await self.claims.find({"job_id": job_id})}
         quota = request.get("quota_taken")
-        return await self.release(job_id, username=str(request.get("username")),
-                                  quota=quota if isinstance(quota, int) else 0, claims=claims)
+        return await self.release(
+            job_id,
+            username=str(request.get("username")),
+            quota=quota if isinstance(quota, int) else 0,
+            claims=claims,
+        )
 
 
 def _orphaned(request: dict[str, object]) -> bool:

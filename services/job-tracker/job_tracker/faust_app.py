@@ -53,8 +53,9 @@ def delivery_of(event: Any) -> Delivery:
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
-        message=Message(key=_key(event.key), value=event.value or b"",
-                        headers=text_headers(event.headers)),
+        message=Message(
+            key=_key(event.key), value=event.value or b"", headers=text_headers(event.headers)
+        ),
     )
 
 
@@ -118,6 +119,10 @@ def build_app(platform: Platform, processor: EventProcessor) -> faust.App:
         topic_disable_leader=True,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
+        # faust's 60 s default kept a restarted tracker waiting a minute for the session of its
+        # killed predecessor to end (measured: 59 s from kill to processing; 25 s with 10 s).
+        broker_session_timeout=10.0,
+        broker_rebalance_timeout=10.0,
         # faust creates these folders on start even without tables; keep them with our data.
         datadir=settings.data_dir / "faust",
         web_enabled=True,
@@ -151,8 +156,9 @@ def build_app(platform: Platform, processor: EventProcessor) -> faust.App:
 
     async def readyz(view: Any, request: Any) -> Any:
         is_ready = ready()
-        return view.json({"status": "ready" if is_ready else "starting"},
-                         status=200 if is_ready else 503)
+        return view.json(
+            {"status": "ready" if is_ready else "starting"}, status=200 if is_ready else 503
+        )
 
     async def metrics(view: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside `content_type`; the header takes it whole.
