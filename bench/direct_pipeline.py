@@ -48,7 +48,7 @@ def through_system(images: list[Path], gateway: Process, token: str) -> float:
     started = time.perf_counter()
     jobs = []
     for start in range(0, len(images), BATCH):
-        files = [(p.name, p.read_bytes(), "image/jpeg") for p in images[start:start + BATCH]]
+        files = [(p.name, p.read_bytes(), "image/jpeg") for p in images[start : start + BATCH]]
         response = upload(gateway.url, token, files)
         if response.status_code != 201 or response.json()["rejected"]:
             raise SystemExit(f"upload refused: {response.status_code} {response.text[:500]}")
@@ -61,8 +61,22 @@ def through_system(images: list[Path], gateway: Process, token: str) -> float:
 
 
 def site(env: dict[str, str], count: int) -> str:
-    cli(["users", "create", "bench", "--role", "uploader", "--lab-unit", "city-retina-clinic",
-         "--password", "bench-pass-1", "--quota", str(count)], env)
+    cli(
+        [
+            "users",
+            "create",
+            "bench",
+            "--role",
+            "uploader",
+            "--lab-unit",
+            "city-retina-clinic",
+            "--password",
+            "bench-pass-1",
+            "--quota",
+            str(count),
+        ],
+        env,
+    )
     return cli(["tokens", "create", "bench"], env).strip()
 
 
@@ -82,14 +96,21 @@ def distributed(work: Path, images: list[Path]) -> float:
     processes: list[Process] = []
     try:
         database = "bench_" + uuid.uuid4().hex[:6]
-        env = uploader_env(work / "var", {**engines.env(select_backends=True),
-                                          "UPLOADER_MONGO_DATABASE": database})
+        env = uploader_env(
+            work / "var", {**engines.env(select_backends=True), "UPLOADER_MONGO_DATABASE": database}
+        )
         token = site(env, len(images))
-        names = ["gateway", "zip-extractor", "pdf-parser", "anonymizer", "anonymizer",
-                 "ingest", "job-tracker"]
+        names = [
+            "gateway",
+            "zip-extractor",
+            "pdf-parser",
+            "anonymizer",
+            "anonymizer",
+            "ingest",
+            "job-tracker",
+        ]
         for index, name in enumerate(names):
-            processes.append(start_process(f"{name}-{index}", ["run", name], env=env,
-                                           log_dir=work))
+            processes.append(start_process(f"{name}-{index}", ["run", name], env=env, log_dir=work))
         return through_system(images, processes[0], token)
     finally:
         for process in processes:

@@ -37,8 +37,11 @@ from testkit.synthetic import fundus_image
 from uploader.bootstrap import SPECS, open_platform, prepare
 
 LAB_UNITS = ("city-retina-clinic", "city-screening-camp", "riverside-outpatient")
-HOSPITAL = {"city-retina-clinic": "city-general", "city-screening-camp": "city-general",
-            "riverside-outpatient": "riverside-eye"}
+HOSPITAL = {
+    "city-retina-clinic": "city-general",
+    "city-screening-camp": "city-general",
+    "riverside-outpatient": "riverside-eye",
+}
 DISEASES = ("dr", "glaucoma", "amd")
 PER_JOB = 10
 BATCH = 2000
@@ -46,8 +49,14 @@ GOAL_RATIO, GOAL_P95_MS = 1.5, 50.0
 
 
 def _ref(bucket: str, key: str) -> ObjectRef:
-    return ObjectRef(bucket=bucket, key=key, size=100_000, md5="0" * 32, sha256="0" * 64,
-                     content_type="image/jpeg")
+    return ObjectRef(
+        bucket=bucket,
+        key=key,
+        size=100_000,
+        md5="0" * 32,
+        sha256="0" * 64,
+        content_type="image/jpeg",
+    )
 
 
 def _documents(index: int) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -55,15 +64,34 @@ def _documents(index: int) -> tuple[dict[str, Any], dict[str, Any], str]:
     lab_unit = LAB_UNITS[index % len(LAB_UNITS)]
     at = f"2026-{1 + index % 12:02}-{1 + index % 28:02}T{index % 24:02}:00:{index % 60:02}"
     record = CatalogueRecord(
-        item_id=item_id, job_id=job_id, uploader_id="camp" if index % 2 else "nurse",
-        hospital_id=HOSPITAL[lab_unit], lab_unit_id=lab_unit, camera_id="remidio-fop",
-        disease_id=DISEASES[index % 3], area_id="left-eye", mydriatic=False,
-        raw=_ref("raw", f"{job_id}/{item_id}"), clean=_ref("clean", f"{job_id}/{item_id}.jpg"),
-        thumbnail=_ref("clean", f"{job_id}/{item_id}.thumb.jpg"), md5=f"{index:032x}",
-        sha256=f"{index:064x}", size=100_000, width=2866, height=2866, masked=True,
-        ingested_at=at)
-    entry = QueueEntry(record_id=item_id, job_id=job_id, disease_id=record.disease_id,
-                       hospital_id=record.hospital_id, lab_unit_id=lab_unit, queued_at=at)
+        item_id=item_id,
+        job_id=job_id,
+        uploader_id="camp" if index % 2 else "nurse",
+        hospital_id=HOSPITAL[lab_unit],
+        lab_unit_id=lab_unit,
+        camera_id="remidio-fop",
+        disease_id=DISEASES[index % 3],
+        area_id="left-eye",
+        mydriatic=False,
+        raw=_ref("raw", f"{job_id}/{item_id}"),
+        clean=_ref("clean", f"{job_id}/{item_id}.jpg"),
+        thumbnail=_ref("clean", f"{job_id}/{item_id}.thumb.jpg"),
+        md5=f"{index:032x}",
+        sha256=f"{index:064x}",
+        size=100_000,
+        width=2866,
+        height=2866,
+        masked=True,
+        ingested_at=at,
+    )
+    entry = QueueEntry(
+        record_id=item_id,
+        job_id=job_id,
+        disease_id=record.disease_id,
+        hospital_id=record.hospital_id,
+        lab_unit_id=lab_unit,
+        queued_at=at,
+    )
     return record.document(item_id), entry.document(item_id), job_id
 
 
@@ -72,17 +100,34 @@ def _job_documents(job_index: int) -> tuple[dict[str, Any], dict[str, Any]]:
     items = [f"item{job_index * PER_JOB + i:08}" for i in range(PER_JOB)]
     lab_unit = LAB_UNITS[job_index % len(LAB_UNITS)]
     record = JobRecord(
-        job_id=job_id, uploader="camp" if job_index % 2 else "nurse",
-        created_at=f"2026-01-01T00:00:00.{job_index:07}", announced=True,
-        metadata=DirectUploadMetadata(hospital_id=HOSPITAL[lab_unit], lab_unit_id=lab_unit,
-                                      camera_id="remidio-fop", disease_id="dr",
-                                      area_id="left-eye", mydriatic=False),
-        items=tuple(JobItem(item_id=i, filename=f"{i}.jpg", size=100_000) for i in items))
-    status = JobStatus(job_id=job_id, kind="direct", item_ids=tuple(items), opened=True,
-                       items={i: ItemState(status="completed") for i in items},
-                       status="done", total=PER_JOB, completed_count=PER_JOB)
-    return ({"_id": job_id, **record.model_dump(mode="json")},
-            {"_id": job_id, **status.model_dump(mode="json")})
+        job_id=job_id,
+        uploader="camp" if job_index % 2 else "nurse",
+        created_at=f"2026-01-01T00:00:00.{job_index:07}",
+        announced=True,
+        metadata=DirectUploadMetadata(
+            hospital_id=HOSPITAL[lab_unit],
+            lab_unit_id=lab_unit,
+            camera_id="remidio-fop",
+            disease_id="dr",
+            area_id="left-eye",
+            mydriatic=False,
+        ),
+        items=tuple(JobItem(item_id=i, filename=f"{i}.jpg", size=100_000) for i in items),
+    )
+    status = JobStatus(
+        job_id=job_id,
+        kind="direct",
+        item_ids=tuple(items),
+        opened=True,
+        items={i: ItemState(status="completed") for i in items},
+        status="done",
+        total=PER_JOB,
+        completed_count=PER_JOB,
+    )
+    return (
+        {"_id": job_id, **record.model_dump(mode="json")},
+        {"_id": job_id, **status.model_dump(mode="json")},
+    )
 
 
 async def seed(platform: Any, start: int, stop: int) -> None:
@@ -91,8 +136,9 @@ async def seed(platform: Any, start: int, stop: int) -> None:
         rows = [_documents(i) for i in range(first, min(first + BATCH, stop))]
         await docs.collection(CATALOGUE).put_many([r[0] for r in rows])
         await docs.collection(GRADING_QUEUE).put_many([r[1] for r in rows])
-        jobs = [_job_documents(j) for j in range(first // PER_JOB,
-                                                  min(first + BATCH, stop) // PER_JOB)]
+        jobs = [
+            _job_documents(j) for j in range(first // PER_JOB, min(first + BATCH, stop) // PER_JOB)
+        ]
         await docs.collection(JOBS).put_many([j[0] for j in jobs])
         await docs.collection(JOB_STATUS).put_many([j[1] for j in jobs])
 
@@ -110,8 +156,13 @@ async def timed(client: httpx.AsyncClient, path: str, headers: dict[str, str]) -
     return elapsed
 
 
-async def measure(client: httpx.AsyncClient, endpoints: dict[str, tuple[str, dict[str, str]]],
-                  *, repeat: int, jobs: int) -> dict[str, tuple[float, float]]:
+async def measure(
+    client: httpx.AsyncClient,
+    endpoints: dict[str, tuple[str, dict[str, str]]],
+    *,
+    repeat: int,
+    jobs: int,
+) -> dict[str, tuple[float, float]]:
     out = {}
     rng = random.Random(7)
     for name, (path, headers) in endpoints.items():
@@ -123,16 +174,27 @@ async def measure(client: httpx.AsyncClient, endpoints: dict[str, tuple[str, dic
     return out
 
 
-async def upload_p95(client: httpx.AsyncClient, headers: dict[str, str], *, count: int,
-                     seed: int) -> float:
-    form = {"hospital": "city-general", "lab_unit": "city-retina-clinic",
-            "camera": "remidio-fop", "disease": "dr", "area": "left-eye", "mydriatic": "false"}
+async def upload_p95(
+    client: httpx.AsyncClient, headers: dict[str, str], *, count: int, seed: int
+) -> float:
+    form = {
+        "hospital": "city-general",
+        "lab_unit": "city-retina-clinic",
+        "camera": "remidio-fop",
+        "disease": "dr",
+        "area": "left-eye",
+        "mydriatic": "false",
+    }
     samples = []
     for i in range(count):
         image = fundus_image(size=256, seed=seed + i)
         started = time.perf_counter()
-        response = await client.post("/api/direct/upload", headers=headers, data=form,
-                                     files=[("files", (f"u{i}.jpg", image, "image/jpeg"))])
+        response = await client.post(
+            "/api/direct/upload",
+            headers=headers,
+            data=form,
+            files=[("files", (f"u{i}.jpg", image, "image/jpeg"))],
+        )
         samples.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 201 and not response.json()["rejected"], response.text
     return percentile(samples, 0.95)
@@ -149,40 +211,46 @@ async def run(sizes: Sequence[int], repeat: int) -> None:
         platform = open_platform(settings)
         await prepare(platform, SPECS)
         accounts = Accounts(docs=platform.docs)
-        await accounts.create_user(username="camp", role="uploader", password="pw-camp-1",
-                                   lab_unit_ids=("city-retina-clinic",))
+        await accounts.create_user(
+            username="camp",
+            role="uploader",
+            password="pw-camp-1",
+            lab_unit_ids=("city-retina-clinic",),
+        )
         await accounts.create_user(username="boss", role="admin", password="pw-boss-1")
         tokens = {u: (await accounts.create_token(u))[0] for u in ("camp", "boss")}
         auth = {u: {"Authorization": f"Bearer {t}"} for u, t in tokens.items()}
         endpoints = {
             "grading queue, uploader": ("/api/grading/queue?limit=100", auth["camp"]),
-            "grading queue, admin, dr": ("/api/grading/queue?disease=dr&limit=100",
-                                         auth["boss"]),
+            "grading queue, admin, dr": ("/api/grading/queue?disease=dr&limit=100", auth["boss"]),
             "recent jobs, admin": ("/api/jobs", auth["boss"]),
             "recent jobs, uploader": ("/api/jobs", auth["camp"]),
             "one job's status": ("/api/upload-jobs/{job}/status", auth["boss"]),
         }
-        app = create_app(settings=settings, bus=platform.bus, store=platform.store,
-                         docs=platform.docs)
+        app = create_app(
+            settings=settings, bus=platform.bus, store=platform.store, docs=platform.docs
+        )
         results: dict[int, dict[str, tuple[float, float]]] = {}
         seeded = 0
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://gateway", timeout=120) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=120
+        ) as client:
             for size in sizes:
                 started = time.perf_counter()
                 await seed(platform, seeded, size)
                 seeded = size
                 # Start-up work of a real process: the indexes (and their statistics).
                 await prepare(platform, SPECS)
-                print(f"seeded {size:>7} images in {time.perf_counter() - started:6.1f} s",
-                      flush=True)
+                print(
+                    f"seeded {size:>7} images in {time.perf_counter() - started:6.1f} s", flush=True
+                )
                 await measure(client, endpoints, repeat=5, jobs=size // PER_JOB)  # warm up
-                results[size] = await measure(client, endpoints, repeat=repeat,
-                                              jobs=size // PER_JOB)
+                results[size] = await measure(
+                    client, endpoints, repeat=repeat, jobs=size // PER_JOB
+                )
             largest = max(sizes)
             alone = await upload_p95(client, auth["camp"], count=30, seed=1)
-            pollers = [asyncio.create_task(poll_forever(client, auth["boss"]))
-                       for _ in range(2)]
+            pollers = [asyncio.create_task(poll_forever(client, auth["boss"])) for _ in range(2)]
             try:
                 busy = await upload_p95(client, auth["camp"], count=30, seed=100)
             finally:
@@ -193,16 +261,20 @@ async def run(sizes: Sequence[int], repeat: int) -> None:
         await platform.close()
 
     smallest, largest = min(sizes), max(sizes)
-    print(f"\n{'endpoint':<26}" + "".join(f"{f'p50/p95 @{s // 1000}k':>18}" for s in sizes)
-          + f"{'p95 ratio':>11}  goal")
+    print(
+        f"\n{'endpoint':<26}"
+        + "".join(f"{f'p50/p95 @{s // 1000}k':>18}" for s in sizes)
+        + f"{'p95 ratio':>11}  goal"
+    )
     for name in endpoints:
-        cells = "".join(f"{results[s][name][0]:8.1f}/{results[s][name][1]:6.1f} ms"
-                        for s in sizes)
+        cells = "".join(f"{results[s][name][0]:8.1f}/{results[s][name][1]:6.1f} ms" for s in sizes)
         ratio = results[largest][name][1] / results[smallest][name][1]
         ok = ratio <= GOAL_RATIO and results[largest][name][1] < GOAL_P95_MS
         print(f"{name:<26}{cells}{ratio:>10.2f}x  {'met' if ok else 'MISSED'}")
-    print(f"\none-image upload p95 @{largest // 1000}k: {alone:.1f} ms alone, {busy:.1f} ms "
-          f"while two clients poll the grading queue ({busy / alone:.2f}x)")
+    print(
+        f"\none-image upload p95 @{largest // 1000}k: {alone:.1f} ms alone, {busy:.1f} ms "
+        f"while two clients poll the grading queue ({busy / alone:.2f}x)"
+    )
 
 
 def main() -> None:

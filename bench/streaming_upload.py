@@ -55,8 +55,9 @@ class PeakRss:
         return (self.peak - self.baseline) / MiB
 
 
-def upload_through_gateway(work: Path, payload: Path, extra_env: dict[str, str]
-                           ) -> tuple[float, float]:
+def upload_through_gateway(
+    work: Path, payload: Path, extra_env: dict[str, str]
+) -> tuple[float, float]:
     """Seconds for the upload and the gateway's peak RSS growth in MiB."""
     env = uploader_env(work / "var", {"DIRECT_UPLOAD_MAX_FILE_SIZE_MB": "4096", **extra_env})
     cli(["users", "create", "bench", "--role", "admin", "--password", "bench-pass-1"], env)
@@ -70,7 +71,9 @@ def upload_through_gateway(work: Path, payload: Path, extra_env: dict[str, str]
             response = httpx.post(
                 gateway.url + "/api/direct/upload",
                 headers={"Authorization": f"Bearer {token}"},
-                data=FORM, files=[("files", ("big.jpg", handle, "image/jpeg"))], timeout=900,
+                data=FORM,
+                files=[("files", ("big.jpg", handle, "image/jpeg"))],
+                timeout=900,
             )
             seconds = time.perf_counter() - started
         body = response.json()
@@ -103,9 +106,11 @@ def direct_s3_write(payload: Path, endpoint: str, access: str, secret: str) -> f
 def report(name: str, size: int, ours: float, direct: float, growth: float) -> bool:
     ours_rate, direct_rate = size / MiB / ours, size / MiB / direct
     ok = growth < RSS_LIMIT_MIB
-    print(f"{name:9} gateway {ours_rate:7.1f} MiB/s   direct write {direct_rate:7.1f} MiB/s   "
-          f"ratio {ours_rate / direct_rate:5.2f}   gateway peak RSS growth {growth:6.1f} MiB "
-          f"({'ok' if ok else 'OVER'} < {RSS_LIMIT_MIB} MiB)")
+    print(
+        f"{name:9} gateway {ours_rate:7.1f} MiB/s   direct write {direct_rate:7.1f} MiB/s   "
+        f"ratio {ours_rate / direct_rate:5.2f}   gateway peak RSS growth {growth:6.1f} MiB "
+        f"({'ok' if ok else 'OVER'} < {RSS_LIMIT_MIB} MiB)"
+    )
     return ok
 
 
@@ -130,14 +135,18 @@ def main() -> int:
         ensure_built()
         minio = start_minio(work / "minio")
         try:
-            direct = direct_s3_write(payload, minio.endpoint, minio.access_key,
-                                     minio.secret_key)
+            direct = direct_s3_write(payload, minio.endpoint, minio.access_key, minio.secret_key)
             (work / "s3").mkdir()
-            ours, growth = upload_through_gateway(work / "s3", payload, {
-                "UPLOADER_STORE": "s3", "UPLOADER_S3_ENDPOINT": minio.endpoint,
-                "UPLOADER_S3_ACCESS_KEY": minio.access_key,
-                "UPLOADER_S3_SECRET_KEY": minio.secret_key,
-            })
+            ours, growth = upload_through_gateway(
+                work / "s3",
+                payload,
+                {
+                    "UPLOADER_STORE": "s3",
+                    "UPLOADER_S3_ENDPOINT": minio.endpoint,
+                    "UPLOADER_S3_ACCESS_KEY": minio.access_key,
+                    "UPLOADER_S3_SECRET_KEY": minio.secret_key,
+                },
+            )
             ok &= report("s3", size, ours, direct, growth)
         finally:
             minio.stop()

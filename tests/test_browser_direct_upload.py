@@ -23,9 +23,16 @@ from testkit.synthetic import fundus_image, pdf_bytes
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SHOTS = REPO / "test-results" / "browser"
 USER, PASSWORD = "camp1", "camp1-password"
 ADMIN, ADMIN_PASSWORD = "admin1", "admin1-password"
@@ -56,8 +63,20 @@ def server(tmp_path: Path) -> Iterator[Process]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is not installed: `make test` installs it (Debian chromium)")
     env = uploader_env(tmp_path / "var")
-    cli(["users", "create", USER, "--role", "uploader", "--lab-unit", "city-retina-clinic",
-         "--password", PASSWORD], env)
+    cli(
+        [
+            "users",
+            "create",
+            USER,
+            "--role",
+            "uploader",
+            "--lab-unit",
+            "city-retina-clinic",
+            "--password",
+            PASSWORD,
+        ],
+        env,
+    )
     cli(["users", "create", ADMIN, "--role", "admin", "--password", ADMIN_PASSWORD], env)
     process = start_process("serve", ["serve"], env=env, log_dir=tmp_path)
     try:
@@ -95,22 +114,33 @@ def test_direct_upload_in_a_real_browser_reports_each_failure_exactly(
     big += b"\0" * (int(5.6 * MB) - len(big))  # still a JPEG by its bytes, just too large
     folder = tmp_path / "camera-export"
     folder.mkdir()
-    for name, data in (("OD_0001.jpg", good_a), ("OS_0002.jpg", good_b),
-                       ("OD_0003_large.jpg", big)):
+    for name, data in (
+        ("OD_0001.jpg", good_a),
+        ("OS_0002.jpg", good_b),
+        ("OD_0003_large.jpg", big),
+    ):
         (folder / name).write_bytes(data)
     dropped = [
-        {"name": "report_0004.jpg", "type": "image/jpeg",
-         "b64": base64.b64encode(pdf_bytes(["DR screening report", "Patient: synthetic"]))
-         .decode()},
-        {"name": "OD_0001_copy.jpg", "type": "image/jpeg",
-         "b64": base64.b64encode(good_a).decode()},
+        {
+            "name": "report_0004.jpg",
+            "type": "image/jpeg",
+            "b64": base64.b64encode(
+                pdf_bytes(["DR screening report", "Patient: synthetic"])
+            ).decode(),
+        },
+        {
+            "name": "OD_0001_copy.jpg",
+            "type": "image/jpeg",
+            "b64": base64.b64encode(good_a).decode(),
+        },
     ]
 
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                          locale="en-GB", timezone_id="UTC")
+            context = browser.new_context(
+                viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="UTC"
+            )
             page = context.new_page()
             page.set_default_timeout(30_000)
             expect.set_options(timeout=30_000)
@@ -155,15 +185,26 @@ def test_direct_upload_in_a_real_browser_reports_each_failure_exactly(
             expect(page.locator("#mydriatic-yes")).to_be_checked()
 
             # Three files from the file picker, two dropped on the drop area.
-            page.set_input_files("#file-input", [str(folder / "OD_0001.jpg"),
-                                                 str(folder / "OS_0002.jpg"),
-                                                 str(folder / "OD_0003_large.jpg")])
+            page.set_input_files(
+                "#file-input",
+                [
+                    str(folder / "OD_0001.jpg"),
+                    str(folder / "OS_0002.jpg"),
+                    str(folder / "OD_0003_large.jpg"),
+                ],
+            )
             page.evaluate(DROP_FILES, dropped)
             rows = page.locator("#file-list tr")
             expect(rows).to_have_count(5)
             expect(rows.locator("td.filename")).to_have_text(
-                ["OD_0001.jpg", "OS_0002.jpg", "OD_0003_large.jpg", "report_0004.jpg",
-                 "OD_0001_copy.jpg"])
+                [
+                    "OD_0001.jpg",
+                    "OS_0002.jpg",
+                    "OD_0003_large.jpg",
+                    "report_0004.jpg",
+                    "OD_0001_copy.jpg",
+                ]
+            )
             expect(rows.nth(2)).to_contain_text("Too large (max 5MB)")
             expect(page.locator("#file-summary")).to_contain_text("5 files chosen")
             page.screenshot(path=str(shots / "02-upload-form.png"), full_page=True)
@@ -181,8 +222,10 @@ def test_direct_upload_in_a_real_browser_reports_each_failure_exactly(
 
             # --- upload, then watch the processing page ------------------------------------
             status_polls: list[str] = []
-            page.on("request", lambda r: status_polls.append(r.url)
-                    if "/api/upload-jobs/" in r.url else None)
+            page.on(
+                "request",
+                lambda r: status_polls.append(r.url) if "/api/upload-jobs/" in r.url else None,
+            )
             page.click("#upload-button")
             page.wait_for_url(re.compile(r"/direct/upload/processing/[\w-]+$"))
             job_id = page.url.rsplit("/", 1)[-1]
@@ -194,18 +237,20 @@ def test_direct_upload_in_a_real_browser_reports_each_failure_exactly(
             file_rows = page.locator("#file-status-rows tr")
             expect(file_rows).to_have_count(5)
             expect(file_rows.locator(".badge")).to_have_text(
-                ["Completed", "Completed", "Error", "Error", "Error"])
+                ["Completed", "Completed", "Error", "Error", "Error"]
+            )
             expect(file_rows.locator(".badge")).to_have_class(
-                [re.compile(r"badge-completed")] * 2 + [re.compile(r"badge-error")] * 3)
+                [re.compile(r"badge-completed")] * 2 + [re.compile(r"badge-error")] * 3
+            )
             expect(file_rows.locator("td.reason")).to_have_text(
-                ["", "", TOO_LARGE, NOT_AN_IMAGE, DUPLICATE])
+                ["", "", TOO_LARGE, NOT_AN_IMAGE, DUPLICATE]
+            )
             for i in (0, 1):  # completed files show when they started and finished
                 expect(file_rows.nth(i).locator("time")).to_have_count(2)
             expect(page.locator("#count-failed")).to_have_text("3")
             expect(page.locator("#error-counter")).to_have_class(re.compile(r"has-errors"))
             expect(page.locator("#count-succeeded")).to_have_text("2")
-            expect(page.locator("#progress-text")).to_have_text(
-                "5 of 5 files processed (100%)")
+            expect(page.locator("#progress-text")).to_have_text("5 of 5 files processed (100%)")
             expect(page.locator("#view-results")).to_be_visible()
             expect(page.locator("#redirect-note")).to_be_visible()
             expect(page.locator("#job")).to_contain_text("Mydriatic")
@@ -222,11 +267,12 @@ def test_direct_upload_in_a_real_browser_reports_each_failure_exactly(
             failures = page.locator("#failures-table tbody tr")
             expect(failures).to_have_count(3)
             expect(failures.locator("td.filename")).to_have_text(
-                ["OD_0003_large.jpg", "report_0004.jpg", "OD_0001_copy.jpg"])
-            expect(failures.locator("td.reason")).to_have_text(
-                [TOO_LARGE, NOT_AN_IMAGE, DUPLICATE])
+                ["OD_0003_large.jpg", "report_0004.jpg", "OD_0001_copy.jpg"]
+            )
+            expect(failures.locator("td.reason")).to_have_text([TOO_LARGE, NOT_AN_IMAGE, DUPLICATE])
             expect(page.locator("#successes-table tbody tr td.filename")).to_have_text(
-                ["OD_0001.jpg", "OS_0002.jpg"])
+                ["OD_0001.jpg", "OS_0002.jpg"]
+            )
             page.screenshot(path=str(shots / "04-results.png"), full_page=True)
 
             # --- recent jobs lists it, with its rejection count -----------------------------
@@ -263,16 +309,22 @@ def test_an_admin_sets_up_a_hospital_and_a_user_with_a_quota_in_the_browser(
             hospitals.locator("input[name=name][placeholder]").fill("Hill District Hospital")
             hospitals.locator("button:has-text('Add hospital')").click()
             expect(page.locator(".alert-success")).to_have_text(
-                "Added hospital “Hill District Hospital”.")
+                "Added hospital “Hill District Hospital”."
+            )
             units = page.locator("section#lab_units")
             units.locator("input[name=name][placeholder]").fill("Mobile Screening Van")
             units.locator(".add-row select[name=hospital_id]").select_option(
-                label="Hill District Hospital")
+                label="Hill District Hospital"
+            )
             units.locator("button:has-text('Add lab unit')").click()
             expect(page.locator(".alert-success")).to_have_text(
-                "Added lab unit “Mobile Screening Van”.")
-            expect(page.locator("section#lab_units tr[data-id='mobile-screening-van'] "
-                                "select[name=hospital_id]")).to_have_value("hill-district-hospital")
+                "Added lab unit “Mobile Screening Van”."
+            )
+            expect(
+                page.locator(
+                    "section#lab_units tr[data-id='mobile-screening-van'] select[name=hospital_id]"
+                )
+            ).to_have_value("hill-district-hospital")
             page.screenshot(path=str(shots / "06-admin-reference.png"), full_page=True)
 
             # Users: create one for the new lab unit, then give it a quota override.
@@ -320,18 +372,41 @@ def test_what_a_newcomer_saw_is_fixed_in_a_real_browser(
 
     env = uploader_env(Path(server.env["UPLOADER_DATA_DIR"]))
     token = cli(["tokens", "create", USER], env).strip()
-    cli(["users", "create", "spent", "--role", "uploader", "--lab-unit", "city-retina-clinic",
-         "--password", "spent-password", "--quota", "0"], env)
+    cli(
+        [
+            "users",
+            "create",
+            "spent",
+            "--role",
+            "uploader",
+            "--lab-unit",
+            "city-retina-clinic",
+            "--password",
+            "spent-password",
+            "--quota",
+            "0",
+        ],
+        env,
+    )
     import httpx
 
-    response = httpx.post(server.url + "/api/direct/upload",
-                          headers={"Authorization": f"Bearer {token}",
-                                   "User-Agent": "Mozilla/5.0" + " (a very long agent)" * 12},
-                          data={"hospital": "city-general", "lab_unit": "city-retina-clinic",
-                                "camera": "remidio-fop", "disease": "dr", "area": "left-eye",
-                                "mydriatic": "false"},
-                          files=[("files", (LONG_NAME, fundus_image(size=500, seed=601),
-                                            "image/jpeg"))], timeout=60)
+    response = httpx.post(
+        server.url + "/api/direct/upload",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "User-Agent": "Mozilla/5.0" + " (a very long agent)" * 12,
+        },
+        data={
+            "hospital": "city-general",
+            "lab_unit": "city-retina-clinic",
+            "camera": "remidio-fop",
+            "disease": "dr",
+            "area": "left-eye",
+            "mydriatic": "false",
+        },
+        files=[("files", (LONG_NAME, fundus_image(size=500, seed=601), "image/jpeg"))],
+        timeout=60,
+    )
     assert response.status_code == 201, response.text
     job_id = response.json()["job_id"]
 
@@ -341,8 +416,10 @@ def test_what_a_newcomer_saw_is_fixed_in_a_real_browser(
             refused: list[str] = []
             context = browser.new_context(viewport={"width": 1366, "height": 800})
             page = context.new_page()
-            page.on("console", lambda m: refused.append(m.text)
-                    if "Content Security Policy" in m.text else None)
+            page.on(
+                "console",
+                lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+            )
             page.set_default_timeout(30_000)
 
             # The processing page: the long name is whole on one line, shortened with "…".
@@ -351,8 +428,10 @@ def test_what_a_newcomer_saw_is_fixed_in_a_real_browser(
             cell = page.locator("#file-status-rows td.filename").first
             expect(cell).to_have_attribute("title", LONG_NAME)
             box = cell.bounding_box()
-            line = page.evaluate("parseFloat(getComputedStyle(document.querySelector("
-                                 "'#file-status-rows td.filename')).lineHeight)")
+            line = page.evaluate(
+                "parseFloat(getComputedStyle(document.querySelector("
+                "'#file-status-rows td.filename')).lineHeight)"
+            )
             assert box is not None and box["height"] < 2 * line + 24, "the name wrapped"
             # The countdown to the results counts in good English down to "1 second".
             expect(page.locator("#redirect-seconds")).to_have_text("1 second", timeout=60_000)
@@ -389,8 +468,9 @@ def test_what_a_newcomer_saw_is_fixed_in_a_real_browser(
             phone = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
             sign_in(phone, server.url, USER, PASSWORD)
             button = phone.locator("button:has-text('Sign out')").bounding_box()
-            assert button is not None and button["x"] >= 0 and \
-                button["x"] + button["width"] <= 390, button
+            assert (
+                button is not None and button["x"] >= 0 and button["x"] + button["width"] <= 390
+            ), button
             phone.screenshot(path=str(shots / "10-phone-390.png"), full_page=True)
         finally:
             browser.close()

@@ -41,21 +41,42 @@ class Distributed:
 @pytest.fixture(scope="module")
 def distributed(engines: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distributed]:
     tmp = tmp_path_factory.mktemp("distributed")
-    env = uploader_env(tmp / "var", {
-        **engines.env(select_backends=True),
-        "UPLOADER_MONGO_DATABASE": "e2e_" + uuid.uuid4().hex[:8],
-    })
-    cli(["users", "create", "camp", "--role", "uploader", "--lab-unit", "city-retina-clinic",
-         "--password", "camp-pass-1"], env)
+    env = uploader_env(
+        tmp / "var",
+        {
+            **engines.env(select_backends=True),
+            "UPLOADER_MONGO_DATABASE": "e2e_" + uuid.uuid4().hex[:8],
+        },
+    )
+    cli(
+        [
+            "users",
+            "create",
+            "camp",
+            "--role",
+            "uploader",
+            "--lab-unit",
+            "city-retina-clinic",
+            "--password",
+            "camp-pass-1",
+        ],
+        env,
+    )
     token = cli(["tokens", "create", "camp"], env).strip()
     processes: dict[str, Process] = {}
     try:
         for name in ("gateway", *WORKER_SERVICES):
             processes[name] = start_process(name, ["run", name], env=env, log_dir=tmp)
-        processes["anonymizer-2"] = start_process("anonymizer-2", ["run", "anonymizer"],
-                                                  env=env, log_dir=tmp)
-        yield Distributed(env=env, gateway=processes["gateway"], processes=processes,
-                          token=token, bootstrap=engines.kafka.bootstrap)
+        processes["anonymizer-2"] = start_process(
+            "anonymizer-2", ["run", "anonymizer"], env=env, log_dir=tmp
+        )
+        yield Distributed(
+            env=env,
+            gateway=processes["gateway"],
+            processes=processes,
+            token=token,
+            bootstrap=engines.kafka.bootstrap,
+        )
     finally:
         for process in processes.values():
             process.stop()
@@ -75,8 +96,9 @@ def processed_count(process: Process, *, service: str, topic: str) -> float:
 def test_twenty_files_through_six_processes_are_each_catalogued_exactly_once(
     distributed: Distributed,
 ) -> None:
-    files = [(f"eye{i:02}.jpg", fundus_image(size=900, seed=500 + i), "image/jpeg")
-             for i in range(20)]
+    files = [
+        (f"eye{i:02}.jpg", fundus_image(size=900, seed=500 + i), "image/jpeg") for i in range(20)
+    ]
     response = upload(distributed.gateway.url, distributed.token, files)
     assert response.status_code == 201, response.text
     job_id = response.json()["job_id"]
@@ -85,8 +107,10 @@ def test_twenty_files_through_six_processes_are_each_catalogued_exactly_once(
     assert [i["status"] for i in final["items"]] == ["completed"] * 20
 
     async def catalogue() -> list[dict[str, Any]]:
-        docs = MongoDocuments(url=distributed.env["UPLOADER_MONGO_URL"],
-                              database=distributed.env["UPLOADER_MONGO_DATABASE"])
+        docs = MongoDocuments(
+            url=distributed.env["UPLOADER_MONGO_URL"],
+            database=distributed.env["UPLOADER_MONGO_DATABASE"],
+        )
         try:
             return await docs.collection("uploads").find({"job_id": job_id})
         finally:
@@ -98,8 +122,10 @@ def test_twenty_files_through_six_processes_are_each_catalogued_exactly_once(
     assert len({r["md5"] for r in records}) == 20
 
     # Both members of the anonymizer group took a share of the partitions' work.
-    shares = [processed_count(distributed.processes[name], service="anonymizer",
-                              topic=UPLOADS_RECEIVED) for name in ("anonymizer", "anonymizer-2")]
+    shares = [
+        processed_count(distributed.processes[name], service="anonymizer", topic=UPLOADS_RECEIVED)
+        for name in ("anonymizer", "anonymizer-2")
+    ]
     assert all(share > 0 for share in shares), shares
     assert sum(shares) >= 20
 
@@ -109,14 +135,32 @@ def test_an_outside_client_reads_item_status_events_that_match_the_published_sch
 ) -> None:
     kcat = shutil.which("kcat") or shutil.which("kafkacat")
     assert kcat, "kcat is installed by `make test` (Debian package kcat)"
-    response = upload(distributed.gateway.url, distributed.token,
-                      [("kcat.jpg", fundus_image(size=400, seed=900), "image/jpeg")])
+    response = upload(
+        distributed.gateway.url,
+        distributed.token,
+        [("kcat.jpg", fundus_image(size=400, seed=900), "image/jpeg")],
+    )
     job_id = response.json()["job_id"]
     wait_for_job(distributed.gateway.url, distributed.token, job_id)
     done = subprocess.run(
-        [kcat, "-C", "-b", distributed.bootstrap, "-t", ITEM_STATUS, "-o", "beginning", "-e",
-         "-q", "-f", "%k\t%s\n"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            kcat,
+            "-C",
+            "-b",
+            distributed.bootstrap,
+            "-t",
+            ITEM_STATUS,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%s\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     # The topic is shared with other tests of the session; this job's messages are keyed by
     # its id, and every one of them must be valid.
@@ -130,16 +174,19 @@ def test_an_outside_client_reads_item_status_events_that_match_the_published_sch
         errors = list(Draft202012Validator(schema).iter_errors(message))
         assert errors == [], (message, errors[:3])
         seen_types.add(message["type"])
-    assert seen_types == {"org.imaging-uploader.job.opened.v1",
-                          "org.imaging-uploader.item.status.v1"}
+    assert seen_types == {
+        "org.imaging-uploader.job.opened.v1",
+        "org.imaging-uploader.item.status.v1",
+    }
     assert any(m["subject"] == job_id for m in messages)
 
 
 def test_a_worker_stopped_with_sigterm_mid_job_finishes_its_event_and_hands_over(
     distributed: Distributed,
 ) -> None:
-    files = [(f"t{i:02}.jpg", fundus_image(size=900, seed=700 + i), "image/jpeg")
-             for i in range(12)]
+    files = [
+        (f"t{i:02}.jpg", fundus_image(size=900, seed=700 + i), "image/jpeg") for i in range(12)
+    ]
     response = upload(distributed.gateway.url, distributed.token, files)
     assert response.status_code == 201, response.text
     second = distributed.processes["anonymizer-2"]
@@ -147,8 +194,9 @@ def test_a_worker_stopped_with_sigterm_mid_job_finishes_its_event_and_hands_over
     second.popen.send_signal(signal.SIGTERM)
     assert second.popen.wait(timeout=40) == 0, second.log_tail()
     # What it had not committed goes to the other member of the group; nothing is lost.
-    final = wait_for_job(distributed.gateway.url, distributed.token,
-                         response.json()["job_id"], timeout=240)
+    final = wait_for_job(
+        distributed.gateway.url, distributed.token, response.json()["job_id"], timeout=240
+    )
     assert final["status"] == "done" and final["succeeded"] == 12, final
 
 

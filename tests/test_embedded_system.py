@@ -39,8 +39,20 @@ def _catalogue(data_dir: Path) -> list[dict[str, object]]:
 @pytest.fixture
 def site(tmp_path: Path) -> tuple[dict[str, str], str]:
     env = uploader_env(tmp_path / "var")
-    cli(["users", "create", "camp1", "--role", "uploader", "--lab-unit", "city-retina-clinic",
-         "--password", "s3cret-pass"], env)
+    cli(
+        [
+            "users",
+            "create",
+            "camp1",
+            "--role",
+            "uploader",
+            "--lab-unit",
+            "city-retina-clinic",
+            "--password",
+            "s3cret-pass",
+        ],
+        env,
+    )
     token = cli(["tokens", "create", "camp1"], env).strip()
     return env, token
 
@@ -72,8 +84,9 @@ def test_serve_killed_in_the_middle_of_a_job_finishes_it_after_restart(
     site: tuple[dict[str, str], str], tmp_path: Path
 ) -> None:
     env, token = site
-    files = [(f"f{i:02}.jpg", fundus_image(size=1400, seed=100 + i), "image/jpeg")
-             for i in range(20)]
+    files = [
+        (f"f{i:02}.jpg", fundus_image(size=1400, seed=100 + i), "image/jpeg") for i in range(20)
+    ]
     server = start_process("serve-1", ["serve"], env=env, log_dir=tmp_path)
     try:
         response = upload(server.url, token, files)
@@ -114,17 +127,21 @@ def _documents(data_dir: Path, collection: str) -> list[dict[str, object]]:
     return asyncio.run(read())
 
 
-def _multipart_until_killed(files: list[tuple[str, bytes, str]], *, kill_in: int,
-                            kill: Callable[[], None]) -> Iterator[bytes]:
+def _multipart_until_killed(
+    files: list[tuple[str, bytes, str]], *, kill_in: int, kill: Callable[[], None]
+) -> Iterator[bytes]:
     """A form streamed like a browser sends it, whose sender pulls the plug on the server
     half-way through file number `kill_in` (1-based)."""
     boundary = "CrashBoundary"
     for name, value in FORM.items():
-        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-               f"{value}\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        ).encode()
     for number, (name, data, mime) in enumerate(files, start=1):
-        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
-               f'filename="{name}"\r\nContent-Type: {mime}\r\n\r\n').encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="{name}"\r\nContent-Type: {mime}\r\n\r\n'
+        ).encode()
         if number == kill_in:
             yield data[: len(data) // 2]
             time.sleep(1.0)  # the half has reached the store
@@ -142,16 +159,21 @@ def test_a_crash_in_the_middle_of_a_request_leaves_nothing_that_blocks_the_same_
     env, token = site
     env = {**env, "UPLOADER_INCOMPLETE_WRITE_SECONDS": "0"}
     data_dir = Path(env["UPLOADER_DATA_DIR"])
-    files = [(f"c{i:02}.jpg", fundus_image(size=700, seed=300 + i), "image/jpeg")
-             for i in range(20)]
+    files = [
+        (f"c{i:02}.jpg", fundus_image(size=700, seed=300 + i), "image/jpeg") for i in range(20)
+    ]
     server = start_process("serve-crash", ["serve"], env=env, log_dir=tmp_path)
     try:
         with pytest.raises(httpx.HTTPError):
-            httpx.post(server.url + "/api/direct/upload",
-                       headers={"Authorization": f"Bearer {token}",
-                                "Content-Type": "multipart/form-data; boundary=CrashBoundary"},
-                       content=_multipart_until_killed(files, kill_in=11, kill=server.kill),
-                       timeout=60)
+            httpx.post(
+                server.url + "/api/direct/upload",
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "multipart/form-data; boundary=CrashBoundary",
+                },
+                content=_multipart_until_killed(files, kill_in=11, kill=server.kill),
+                timeout=60,
+            )
     finally:
         server.kill()
     # What the crash left: ten files stored and claimed, quota taken, a request in flight.
@@ -166,8 +188,9 @@ def test_a_crash_in_the_middle_of_a_request_leaves_nothing_that_blocks_the_same_
         assert [p for p in raw.rglob("*")] == []
         assert _documents(data_dir, "file_hashes") == []
         assert _documents(data_dir, "upload_requests") == []
-        assert [u["file_upload_count"] for u in _documents(data_dir, "users")
-                if u["_id"] == "camp1"] == [0]
+        assert [
+            u["file_upload_count"] for u in _documents(data_dir, "users") if u["_id"] == "camp1"
+        ] == [0]
         response = upload(server.url, token, files)
         assert response.status_code == 201, response.text
         assert response.json()["rejected"] == []
@@ -175,8 +198,9 @@ def test_a_crash_in_the_middle_of_a_request_leaves_nothing_that_blocks_the_same_
     finally:
         server.stop()
     assert final["status"] == "done" and final["succeeded"] == 20
-    assert [u["file_upload_count"] for u in _documents(data_dir, "users")
-            if u["_id"] == "camp1"] == [20]
+    assert [
+        u["file_upload_count"] for u in _documents(data_dir, "users") if u["_id"] == "camp1"
+    ] == [20]
     job_ids = {j["_id"] for j in _documents(data_dir, "jobs")}
     assert {c["job_id"] for c in _documents(data_dir, "file_hashes")} == job_ids
     assert {p.name for p in raw.iterdir()} == job_ids  # no folder without a job
@@ -191,8 +215,7 @@ def test_serve_stops_cleanly_on_sigterm_and_sigint(
     env, token = site
     data_dir = Path(env["UPLOADER_DATA_DIR"])
     server = start_process("serve-stop", ["serve"], env=env, log_dir=tmp_path)
-    files = [(f"s{i}.jpg", fundus_image(size=900, seed=500 + i), "image/jpeg")
-             for i in range(6)]
+    files = [(f"s{i}.jpg", fundus_image(size=900, seed=500 + i), "image/jpeg") for i in range(6)]
     response = upload(server.url, token, files)
     assert response.status_code == 201
     assert server.popen is not None
@@ -200,8 +223,11 @@ def test_serve_stops_cleanly_on_sigterm_and_sigint(
     assert server.popen.wait(timeout=40) == 0, server.log_tail()
     server.stop()
     assert not list(data_dir.glob("*-wal")), "a SQLite file was not closed"
-    members = sqlite3.connect(data_dir / "events.sqlite3").execute(
-        "SELECT count(*) FROM group_members").fetchone()[0]
+    members = (
+        sqlite3.connect(data_dir / "events.sqlite3")
+        .execute("SELECT count(*) FROM group_members")
+        .fetchone()[0]
+    )
     assert members == 0, "a consumer did not leave its group"
     # And nothing was lost: after a restart the job completes.
     again = start_process("serve-again", ["serve"], env=env, log_dir=tmp_path)

@@ -17,8 +17,20 @@ MiB = 1024 * 1024
 
 def test_a_200_mb_file_is_refused_without_the_gateway_memory_growing(tmp_path: Path) -> None:
     env = uploader_env(tmp_path / "var")
-    cli(["users", "create", "camp", "--role", "uploader", "--lab-unit", "city-retina-clinic",
-         "--password", "camp-pass-1"], env)
+    cli(
+        [
+            "users",
+            "create",
+            "camp",
+            "--role",
+            "uploader",
+            "--lab-unit",
+            "city-retina-clinic",
+            "--password",
+            "camp-pass-1",
+        ],
+        env,
+    )
     token = cli(["tokens", "create", "camp"], env).strip()
     big = large_jpeg_like(tmp_path / "big.jpg", 200 * MiB)
     gateway = start_process("gateway", ["run", "gateway"], env=env, log_dir=tmp_path)
@@ -44,7 +56,8 @@ def test_a_200_mb_file_is_refused_without_the_gateway_memory_growing(tmp_path: P
                 response = httpx.post(
                     gateway.url + "/api/direct/upload",
                     headers={"Authorization": f"Bearer {token}"},
-                    data=FORM, files=[("files", ("huge.jpg", handle, "image/jpeg"))],
+                    data=FORM,
+                    files=[("files", ("huge.jpg", handle, "image/jpeg"))],
                     timeout=300,
                 )
         finally:
@@ -54,8 +67,11 @@ def test_a_200_mb_file_is_refused_without_the_gateway_memory_growing(tmp_path: P
         gateway.stop()
     assert response.status_code == 201, response.text
     assert response.json()["rejected"] == [
-        {"item_id": response.json()["rejected"][0]["item_id"], "filename": "huge.jpg",
-         "reason": "File too large (max 5MB)"}
+        {
+            "item_id": response.json()["rejected"][0]["item_id"],
+            "filename": "huge.jpg",
+            "reason": "File too large (max 5MB)",
+        }
     ]
     growth = (peak - baseline) / MiB
     assert growth < 40, f"gateway RSS grew {growth:.1f} MiB while refusing a 200 MiB file"

@@ -48,8 +48,14 @@ __all__ = [
 
 log = logging.getLogger("uploader")
 
-SPECS: tuple[ServiceSpec, ...] = (GATEWAY, ZIP_EXTRACTOR, PDF_PARSER, ANONYMIZER, INGEST,
-                                  JOB_TRACKER)
+SPECS: tuple[ServiceSpec, ...] = (
+    GATEWAY,
+    ZIP_EXTRACTOR,
+    PDF_PARSER,
+    ANONYMIZER,
+    INGEST,
+    JOB_TRACKER,
+)
 SERVICES = tuple(s.name for s in SPECS)
 WORKERS = tuple(s.name for s in SPECS if s.routes is not None)
 
@@ -70,16 +76,21 @@ def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") ->
     if "sqlite" in (settings.bus, settings.db) or settings.store == "fs":
         # Private: it holds uploads as received (PHI) and every account.
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    retention = RetentionPolicy(default_hours=settings.event_retention_hours,
-                                dead_letter_hours=settings.dead_letter_retention_hours,
-                                overrides=settings.event_retention_overrides)
+    retention = RetentionPolicy(
+        default_hours=settings.event_retention_hours,
+        dead_letter_hours=settings.dead_letter_retention_hours,
+        overrides=settings.event_retention_overrides,
+    )
     if settings.bus == "kafka":
         from kit.bus_kafka import KafkaEventBus
 
-        bus = KafkaEventBus(bootstrap=settings.kafka_bootstrap, client_id=client_id,
-                            retention=retention,
-                            replication_factor=settings.kafka_replication_factor,
-                            unavailable_after=settings.kafka_unavailable_after_seconds)
+        bus = KafkaEventBus(
+            bootstrap=settings.kafka_bootstrap,
+            client_id=client_id,
+            retention=retention,
+            replication_factor=settings.kafka_replication_factor,
+            unavailable_after=settings.kafka_unavailable_after_seconds,
+        )
     else:
         from kit.bus_sqlite import SqliteEventBus
 
@@ -87,8 +98,12 @@ def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") ->
     if settings.store == "s3":
         from kit.store_s3 import S3ObjectStore
 
-        store = S3ObjectStore(endpoint=settings.s3_endpoint, access_key=settings.s3_access_key,
-                              secret_key=settings.s3_secret_key, secure=settings.s3_secure)
+        store = S3ObjectStore(
+            endpoint=settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+        )
     else:
         from kit.store_fs import FilesystemObjectStore
 
@@ -134,38 +149,48 @@ class _Housekeeping:
             self.last_prune = time.monotonic()
             pruned = await platform.bus.prune()
             if pruned.deleted or pruned.held:
-                log.info("event log: %d expired record(s) deleted, %d kept for group(s) %s "
-                         "that have not processed them, %d bytes reclaimed", pruned.deleted,
-                         pruned.held, ", ".join(pruned.held_by) or "-",
-                         pruned.reclaimed_bytes)
+                log.info(
+                    "event log: %d expired record(s) deleted, %d kept for group(s) %s "
+                    "that have not processed them, %d bytes reclaimed",
+                    pruned.deleted,
+                    pruned.held,
+                    ", ".join(pruned.held_by) or "-",
+                    pruned.reclaimed_bytes,
+                )
             cutoff = time.time() - settings.ledger_retention_hours * 3600
             forgotten = await platform.docs.collection(LEDGER_COLLECTION).delete_many(
-                {"at": Range(lt=cutoff)})
+                {"at": Range(lt=cutoff)}
+            )
             if forgotten:
                 log.info("ledger: forgot %d event(s) handled before the retention", forgotten)
 
 
-async def maintain(platform: Platform, services: Sequence[ServiceSpec],
-                   housekeeping: _Housekeeping | None = None) -> None:
+async def maintain(
+    platform: Platform, services: Sequence[ServiceSpec], housekeeping: _Housekeeping | None = None
+) -> None:
     """One round of the platform's and every service's periodic work; a failure is logged,
     never fatal."""
     try:
         await (housekeeping or _Housekeeping())(platform)
     except Exception:
-        log.warning("event-log and ledger retention failed; trying again next time",
-                    exc_info=True)
+        log.warning("event-log and ledger retention failed; trying again next time", exc_info=True)
     for service in services:
         if service.maintain is None:
             continue
         try:
             await service.maintain(platform)
         except Exception:
-            log.warning("%s: maintenance failed; trying again next time", service.name,
-                        exc_info=True)
+            log.warning(
+                "%s: maintenance failed; trying again next time", service.name, exc_info=True
+            )
 
 
-async def _maintain_until(stop: asyncio.Event, platform: Platform,
-                          services: Sequence[ServiceSpec], housekeeping: _Housekeeping) -> None:
+async def _maintain_until(
+    stop: asyncio.Event,
+    platform: Platform,
+    services: Sequence[ServiceSpec],
+    housekeeping: _Housekeeping,
+) -> None:
     while True:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(platform.settings.maintenance_seconds):
@@ -202,8 +227,9 @@ async def serve(
     configure_tracing("+".join(services) if len(services) < 3 else "uploader", settings)
     platform = open_platform(settings, client_id="-".join(services)[:40])
     stop = asyncio.Event()
-    runners = [ServiceRunner(processor=build_processor(s, platform))
-               for s in specs if s.routes is not None]
+    runners = [
+        ServiceRunner(processor=build_processor(s, platform)) for s in specs if s.routes is not None
+    ]
     tasks: list[asyncio.Task[None]] = []
     server: Server | None = None
 
@@ -223,19 +249,28 @@ async def serve(
             # request), then on a timer beside the services.
             housekeeping = _Housekeeping()
             await maintain(platform, specs, housekeeping)
-            tasks.append(asyncio.create_task(
-                _maintain_until(stop, platform, specs, housekeeping), name="maintenance"))
+            tasks.append(
+                asyncio.create_task(
+                    _maintain_until(stop, platform, specs, housekeeping), name="maintenance"
+                )
+            )
 
             def is_ready() -> bool:
                 return all(r.ready.is_set() for r in runners) and not any(t.done() for t in tasks)
 
             app = web.http_app(platform, is_ready) if web and web.http_app else ops_app(is_ready)
-            server = http_server(app, host=settings.http_host, port=settings.http_port,
-                                 header_seconds=settings.http_header_timeout_seconds)
+            server = http_server(
+                app,
+                host=settings.http_host,
+                port=settings.http_port,
+                header_seconds=settings.http_header_timeout_seconds,
+            )
             if stop.is_set():
                 return
-            announce(f"imaging-uploader ({', '.join(services)}) at "
-                     f"http://{settings.http_host}:{settings.http_port}")
+            announce(
+                f"imaging-uploader ({', '.join(services)}) at "
+                f"http://{settings.http_host}:{settings.http_port}"
+            )
             await server.serve()
     finally:
         # Graceful: runners finish the event in hand, commit it, and stop.

@@ -27,15 +27,27 @@ DataOpt = Annotated[Path | None, typer.Option("--data-dir", help="embedded backe
 def _settings(**overrides: Any) -> Any:
     from gateway.settings import GatewaySettings
 
-    names = {"bus": "bus", "store": "store", "db": "db", "host": "http_host",
-             "port": "http_port", "data_dir": "data_dir"}
+    names = {
+        "bus": "bus",
+        "store": "store",
+        "db": "db",
+        "host": "http_host",
+        "port": "http_port",
+        "data_dir": "data_dir",
+    }
     given = {names[k]: v for k, v in overrides.items() if v is not None}
     return GatewaySettings(**given)
 
 
 @app.command()
-def serve(bus: BusOpt = None, store: StoreOpt = None, db: DbOpt = None, host: HostOpt = None,
-          port: PortOpt = None, data_dir: DataOpt = None) -> None:
+def serve(
+    bus: BusOpt = None,
+    store: StoreOpt = None,
+    db: DbOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    data_dir: DataOpt = None,
+) -> None:
     """Run every service in this one process (embedded backends unless told otherwise)."""
     from uploader.bootstrap import serve as serve_all
 
@@ -44,8 +56,15 @@ def serve(bus: BusOpt = None, store: StoreOpt = None, db: DbOpt = None, host: Ho
 
 
 @app.command()
-def run(service: str, bus: BusOpt = None, store: StoreOpt = None, db: DbOpt = None,
-        host: HostOpt = None, port: PortOpt = None, data_dir: DataOpt = None) -> None:
+def run(
+    service: str,
+    bus: BusOpt = None,
+    store: StoreOpt = None,
+    db: DbOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    data_dir: DataOpt = None,
+) -> None:
     """Run ONE service as its own process (health and metrics on --port)."""
     from uploader.bootstrap import SERVICES, run_one
 
@@ -73,7 +92,8 @@ def users_create(
     lab_unit: Annotated[list[str] | None, typer.Option("--lab-unit", help="repeatable")] = None,
     password: Annotated[str | None, typer.Option("--password")] = None,
     quota: Annotated[int | None, typer.Option("--quota", help="lifetime file quota")] = None,
-    db: DbOpt = None, data_dir: DataOpt = None,
+    db: DbOpt = None,
+    data_dir: DataOpt = None,
 ) -> None:
     """Create a user; prints a generated password when none is given."""
     import secrets
@@ -86,8 +106,13 @@ def users_create(
 
     async def work(platform: Any) -> None:
         accounts = Accounts(docs=platform.docs)
-        await accounts.create_user(username=name, role=role, password=secret,
-                                   lab_unit_ids=tuple(lab_unit or ()), upload_quota=quota)
+        await accounts.create_user(
+            username=name,
+            role=role,
+            password=secret,
+            lab_unit_ids=tuple(lab_unit or ()),
+            upload_quota=quota,
+        )
 
     asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work))
     typer.echo(f"created {role} {name!r}" + ("" if password else f" with password: {secret}"))
@@ -98,14 +123,16 @@ def tokens_create(
     user: str,
     label: Annotated[str, typer.Option("--label", help="what it is for")] = "",
     expires_days: Annotated[int | None, typer.Option("--expires-days", min=1)] = None,
-    db: DbOpt = None, data_dir: DataOpt = None,
+    db: DbOpt = None,
+    data_dir: DataOpt = None,
 ) -> None:
     """Create an API token for USER and print it (it is shown only this once)."""
     from gateway.accounts import Accounts
 
     async def work(platform: Any) -> str:
         token, _ = await Accounts(docs=platform.docs).create_token(
-            user, label=label, expires_in_days=expires_days)
+            user, label=label, expires_in_days=expires_days
+        )
         return token
 
     typer.echo(asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work)))
@@ -125,9 +152,11 @@ def tokens_list(user: str, db: DbOpt = None, data_dir: DataOpt = None) -> None:
         return
     typer.echo(f"{'ID':<18} {'LABEL':<24} {'CREATED':<20} {'LAST USED':<20} EXPIRES")
     for token in tokens:
-        typer.echo(f"{token.token_id:<18} {token.label[:24]:<24} {token.created_at[:19]:<20} "
-                   f"{(token.last_used_at or 'never')[:19]:<20} "
-                   f"{(token.expires_at or 'never')[:19]}")
+        typer.echo(
+            f"{token.token_id:<18} {token.label[:24]:<24} {token.created_at[:19]:<20} "
+            f"{(token.last_used_at or 'never')[:19]:<20} "
+            f"{(token.expires_at or 'never')[:19]}"
+        )
 
 
 @tokens_app.command("revoke")
@@ -141,8 +170,9 @@ def tokens_revoke(token_id: str, db: DbOpt = None, data_dir: DataOpt = None) -> 
         token = await accounts.token(token_id)
         if token is None or not await accounts.revoke_token(token_id):
             return False
-        await AuditLog(docs=platform.docs).record("token_revoked", actor="cli",
-                                                  subject=token.username, token_id=token_id)
+        await AuditLog(docs=platform.docs).record(
+            "token_revoked", actor="cli", subject=token.username, token_id=token_id
+        )
         return True
 
     if not asyncio.run(_with_docs(_settings(db=db, data_dir=data_dir), work)):
@@ -164,8 +194,7 @@ def dlq_replay(topic: str, bus: BusOpt = None, data_dir: DataOpt = None) -> None
 
 
 @app.command()
-def docs(out: Annotated[Path, typer.Argument(help="folder to write into")] = Path("docs")
-         ) -> None:
+def docs(out: Annotated[Path, typer.Argument(help="folder to write into")] = Path("docs")) -> None:
     """Write the events' JSON Schemas and the AsyncAPI document."""
     from contracts.docs import write_docs
 

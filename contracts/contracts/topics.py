@@ -43,9 +43,7 @@ ITEM_STATUS = "items.status"
 _T = "org.imaging-uploader."
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(UPLOADS_RECEIVED, 4, (_T + "upload.received.v1",), "A file was stored in `raw`."),
-    TopicSpec(
-        ARCHIVE_ENTRIES, 4, (_T + "archive.entry.extracted.v1",), "One entry of an archive."
-    ),
+    TopicSpec(ARCHIVE_ENTRIES, 4, (_T + "archive.entry.extracted.v1",), "One entry of an archive."),
     TopicSpec(ARCHIVES_EXTRACTED, 2, (_T + "archive.extracted.v1",), "An archive was unpacked."),
     TopicSpec(REPORTS_PARSED, 2, (_T + "report.parsed.v1",), "A PDF report was parsed."),
     TopicSpec(ANONYMIZED_IMAGES, 4, (_T + "image.anonymized.v1",), "A clean image exists."),

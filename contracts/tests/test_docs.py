@@ -66,8 +66,11 @@ def test_committed_docs_are_up_to_date(tmp_path: Path) -> None:
         p.relative_to(DOCS_DIR).as_posix() for p in (DOCS_DIR / SCHEMAS_DIR).glob("*.json")
     } | ({ASYNCAPI_FILE} if (DOCS_DIR / ASYNCAPI_FILE).exists() else set())
     assert committed == generated, REGENERATE
-    stale = [name for name in sorted(generated) if
-             (tmp_path / name).read_bytes() != (DOCS_DIR / name).read_bytes()]
+    stale = [
+        name
+        for name in sorted(generated)
+        if (tmp_path / name).read_bytes() != (DOCS_DIR / name).read_bytes()
+    ]
     assert stale == [], REGENERATE
 
 

@@ -240,9 +240,7 @@ def test_an_old_event_type_is_upcast_to_the_current_model(
 def test_upcasters_chain_through_several_old_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     v0 = "org.imaging-uploader.pipeline.run.started.v0"
     v_half = "org.imaging-uploader.pipeline.run.started.v0_5"
-    monkeypatch.setitem(
-        events_module.UPCASTERS, v0, (v_half, lambda d: {**d, "trigger": "auto"})
-    )
+    monkeypatch.setitem(events_module.UPCASTERS, v0, (v_half, lambda d: {**d, "trigger": "auto"}))
     monkeypatch.setitem(
         events_module.UPCASTERS,
         v_half,

@@ -93,8 +93,7 @@ def _is_duplicate(error: OperationFailure) -> bool:
 def _is_duplicate_code(code: object, message: object) -> bool:
     # FerretDB v1 reports a unique index refusing a replace or findAndModify as code 1
     # (InternalError) "... UNIQUE constraint failed: index ..."; an insert gets 11000.
-    return code == _DUPLICATE_KEY_CODE or (
-        code == 1 and "UNIQUE constraint failed" in str(message))
+    return code == _DUPLICATE_KEY_CODE or (code == 1 and "UNIQUE constraint failed" in str(message))
 
 
 def _query(where: Mapping[str, Any] | None) -> Document:
@@ -181,8 +180,10 @@ class _MongoCollection:
         ids = [check_document(doc) for doc in docs]
         if not ids:
             return
-        requests = [ReplaceOne({"_id": doc_id}, dict(doc), upsert=True)
-                    for doc_id, doc in zip(ids, docs, strict=True)]
+        requests = [
+            ReplaceOne({"_id": doc_id}, dict(doc), upsert=True)
+            for doc_id, doc in zip(ids, docs, strict=True)
+        ]
         with _reachable():
             try:
                 await self._collection.bulk_write(requests, ordered=True)
@@ -193,8 +194,10 @@ class _MongoCollection:
                 for doc in docs:
                     await self.put(doc)
             except BulkWriteError as error:
-                if any(_is_duplicate_code(e.get("code"), e.get("errmsg"))
-                       for e in error.details.get("writeErrors", [])):
+                if any(
+                    _is_duplicate_code(e.get("code"), e.get("errmsg"))
+                    for e in error.details.get("writeErrors", [])
+                ):
                     raise DuplicateKey(
                         f"{self._collection.name}: a unique index refuses a document"
                     ) from None

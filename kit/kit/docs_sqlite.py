@@ -377,8 +377,9 @@ def _listed(values: Sequence[Any], params: _Params) -> str:
     return f"IN (SELECT value FROM json_each({params(_dumps(list(values)))}))"
 
 
-def _any_of_sql(path: str, values: Sequence[Scalar], params: _Params, *,
-                arrays: bool = True) -> str:
+def _any_of_sql(
+    path: str, values: Sequence[Scalar], params: _Params, *, arrays: bool = True
+) -> str:
     """True when the field equals one of the scalars `values`, or (unless `arrays` is False)
     is an array holding one."""
     if path == "_id":
@@ -460,8 +461,7 @@ def _where_sql(where: Mapping[str, Any], params: _Params) -> str:
     return " AND ".join(clauses) or "1"
 
 
-def _scalar_where_sql(where: Mapping[str, Any], params: _Params
-                      ) -> tuple[str, list[str]]:
+def _scalar_where_sql(where: Mapping[str, Any], params: _Params) -> tuple[str, list[str]]:
     """`where` for documents whose filtered fields hold no arrays (an index serves it, sort
     included), and the fields whose array branch it leaves out."""
     clauses: list[str] = []
@@ -481,10 +481,14 @@ def _scalar_where_sql(where: Mapping[str, Any], params: _Params
 
 def _holds_an_array_sql(paths: Sequence[str]) -> str:
     # The range finds arrays through an index on the field (their JSON text starts with "[").
-    return "(" + " OR ".join(
-        f"({_value_sql(p)} >= '[' AND {_value_sql(p)} < '\\' AND {_type_sql(p)} = 'array')"
-        for p in paths
-    ) + ")"
+    return (
+        "("
+        + " OR ".join(
+            f"({_value_sql(p)} >= '[' AND {_value_sql(p)} < '\\' AND {_type_sql(p)} = 'array')"
+            for p in paths
+        )
+        + ")"
+    )
 
 
 def _order_sql(sort: Sequence[tuple[str, int]]) -> str:
@@ -675,14 +679,20 @@ class _SqliteCollection:
             # stops after `limit`), plus that of documents with one, merged and cut again.
             page = f" LIMIT {params(limit + skip)}"
             order = _order_sql(sort)
-            scalar = (f"SELECT id, body FROM documents WHERE collection = :collection AND "
-                      f"{scalar_where}{order}{page}")
-            with_arrays = (f"SELECT id, body FROM documents WHERE collection = :collection "
-                           f"AND {_holds_an_array_sql(array_paths)} AND "
-                           f"{_where_sql(conditions, params)}{order}{page}")
-            sql = (f"SELECT body FROM (SELECT * FROM ({scalar}) UNION ALL "
-                   f"SELECT * FROM ({with_arrays})){order}"
-                   f" LIMIT {params(limit)} OFFSET {params(skip)}")
+            scalar = (
+                f"SELECT id, body FROM documents WHERE collection = :collection AND "
+                f"{scalar_where}{order}{page}"
+            )
+            with_arrays = (
+                f"SELECT id, body FROM documents WHERE collection = :collection "
+                f"AND {_holds_an_array_sql(array_paths)} AND "
+                f"{_where_sql(conditions, params)}{order}{page}"
+            )
+            sql = (
+                f"SELECT body FROM (SELECT * FROM ({scalar}) UNION ALL "
+                f"SELECT * FROM ({with_arrays})){order}"
+                f" LIMIT {params(limit)} OFFSET {params(skip)}"
+            )
             return sql, params.values
         sql = (
             "SELECT body FROM documents WHERE collection = :collection AND "

@@ -83,8 +83,7 @@ class Consumer(Protocol):
     """One member of a consumer group. Commit marks a delivery and all before it as done.
     Fetch and commit raise Unavailable when the bus cannot be reached within a bounded time."""
 
-    async def fetch(self, *, max_records: int = 50, timeout: float = 1.0) -> Sequence[Delivery]:
-        ...
+    async def fetch(self, *, max_records: int = 50, timeout: float = 1.0) -> Sequence[Delivery]: ...
 
     async def commit(self, delivery: Delivery) -> None: ...
 

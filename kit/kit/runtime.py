@@ -101,8 +101,15 @@ class Route:
     starts_item: Callable[[Event], str | None] | None = None
 
 
-def emit_status(event: Event, *, item_id: str, status: str, service: str, reason: str | None = None,
-                parent_item_id: str | None = None) -> Emit:
+def emit_status(
+    event: Event,
+    *,
+    item_id: str,
+    status: str,
+    service: str,
+    reason: str | None = None,
+    parent_item_id: str | None = None,
+) -> Emit:
     return Emit(
         ITEM_STATUS,
         ItemStatusChanged(
@@ -247,12 +254,14 @@ class EventProcessor:
             )
         return outcome
 
-    async def _handle(self, delivery: Delivery, route: Route, event: Event, event_id: str
-                      ) -> str:
+    async def _handle(self, delivery: Delivery, route: Route, event: Event, event_id: str) -> str:
         def count_retry(state: RetryCallState) -> None:
             log.warning(
-                "%s: attempt %d/%d on %s failed: %r", self.name, state.attempt_number,
-                self.max_attempts, type(event).__name__,
+                "%s: attempt %d/%d on %s failed: %r",
+                self.name,
+                state.attempt_number,
+                self.max_attempts,
+                type(event).__name__,
                 state.outcome.exception() if state.outcome else None,
             )
             EVENTS.labels(self.name, delivery.topic, "retried").inc()
@@ -275,8 +284,13 @@ class EventProcessor:
         except Released:
             raise
         except Exception as exc:
-            log.warning("%s: gave up on %s after %d attempts: %r", self.name,
-                        type(event).__name__, self.max_attempts, exc)
+            log.warning(
+                "%s: gave up on %s after %d attempts: %r",
+                self.name,
+                type(event).__name__,
+                self.max_attempts,
+                exc,
+            )
             await self._dead_letter(delivery, reason=repr(exc), attempts=self.max_attempts)
             await self._report_failure(event, event_id)
             return "dead_lettered"
@@ -371,8 +385,9 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
             await stop.wait()
 
 
-async def replay_dead_letters(bus: EventBus, *, topic: str, group: str = "dlq-replayer",
-                              idle_seconds: float = 2.0) -> int:
+async def replay_dead_letters(
+    bus: EventBus, *, topic: str, group: str = "dlq-replayer", idle_seconds: float = 2.0
+) -> int:
     """Republish dead-lettered events, unchanged, to their source topic. Services that already
     handled one skip it by its event id; the one that failed handles it again."""
     consumer = bus.consumer(group=group, topics=[dead_letter(topic)])
@@ -388,8 +403,9 @@ async def replay_dead_letters(bus: EventBus, *, topic: str, group: str = "dlq-re
                 }
                 await bus.publish(
                     topic,
-                    Message(key=delivery.message.key, value=delivery.message.value,
-                            headers=headers),
+                    Message(
+                        key=delivery.message.key, value=delivery.message.value, headers=headers
+                    ),
                 )
                 await consumer.commit(delivery)
                 replayed += 1

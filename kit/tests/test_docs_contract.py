@@ -106,8 +106,9 @@ class DocumentsContract:
         await documents.ensure_indexes("users", [Index(fields=(("username", 1),), unique=True)])
         await users.insert({"_id": "u1", "username": "ann"})
         with pytest.raises(DuplicateKey):
-            await users.put_many([{"_id": "u2", "username": "bob"},
-                                  {"_id": "u3", "username": "ann"}])
+            await users.put_many(
+                [{"_id": "u2", "username": "bob"}, {"_id": "u3", "username": "ann"}]
+            )
         assert await users.get("u3") is None
 
     async def test_delete_reports_whether_something_was_deleted(self, items: Collection) -> None:
@@ -415,17 +416,25 @@ class DocumentsContract:
         self, documents: Documents, items: Collection
     ) -> None:
         await documents.ensure_indexes("items", [Index(fields=(("tag", 1), ("at", 1)))])
-        await items.put_many([
-            {"_id": "a", "tag": "x", "at": 5}, {"_id": "b", "tag": ["y", "x"], "at": 1},
-            {"_id": "c", "tag": "x", "at": 3}, {"_id": "d", "tag": ["x"], "at": 4},
-            {"_id": "e", "tag": "y", "at": 2}, {"_id": "f", "tag": "x", "other": ["x"], "at": 0},
-        ])
+        await items.put_many(
+            [
+                {"_id": "a", "tag": "x", "at": 5},
+                {"_id": "b", "tag": ["y", "x"], "at": 1},
+                {"_id": "c", "tag": "x", "at": 3},
+                {"_id": "d", "tag": ["x"], "at": 4},
+                {"_id": "e", "tag": "y", "at": 2},
+                {"_id": "f", "tag": "x", "other": ["x"], "at": 0},
+            ]
+        )
         page = await items.find({"tag": "x"}, sort=[("at", 1)], limit=3)
         assert ids(page) == ["f", "b", "c"]
-        assert ids(await items.find({"tag": "x"}, sort=[("at", 1)], limit=3, skip=3)) == \
-            ["d", "a"]
-        assert ids(await items.find({"tag": AnyOf(["x", "y"])}, sort=[("at", -1)],
-                                    limit=4)) == ["a", "d", "c", "e"]
+        assert ids(await items.find({"tag": "x"}, sort=[("at", 1)], limit=3, skip=3)) == ["d", "a"]
+        assert ids(await items.find({"tag": AnyOf(["x", "y"])}, sort=[("at", -1)], limit=4)) == [
+            "a",
+            "d",
+            "c",
+            "e",
+        ]
 
     async def test_any_of_matches_an_array_holding_one_of_the_values(
         self, items: Collection

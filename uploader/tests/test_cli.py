@@ -17,15 +17,28 @@ def test_docs_writes_the_schemas_and_the_asyncapi_document(tmp_path: Path) -> No
 
 
 def test_creating_a_user_with_an_unknown_role_is_refused_clearly(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["users", "create", "x", "--role", "boss",
-                                 "--data-dir", str(tmp_path)])
+    result = runner.invoke(
+        app, ["users", "create", "x", "--role", "boss", "--data-dir", str(tmp_path)]
+    )
     assert result.exit_code != 0
     assert "role must be one of: uploader, data_manager, admin" in result.output
 
 
 def test_a_user_and_a_token_are_created_and_the_password_shown_once(tmp_path: Path) -> None:
-    created = runner.invoke(app, ["users", "create", "nurse", "--role", "uploader",
-                                  "--lab-unit", "city-retina-clinic", "--data-dir", str(tmp_path)])
+    created = runner.invoke(
+        app,
+        [
+            "users",
+            "create",
+            "nurse",
+            "--role",
+            "uploader",
+            "--lab-unit",
+            "city-retina-clinic",
+            "--data-dir",
+            str(tmp_path),
+        ],
+    )
     assert created.exit_code == 0, created.output
     assert "with password: " in created.output
     token = runner.invoke(app, ["tokens", "create", "nurse", "--data-dir", str(tmp_path)])

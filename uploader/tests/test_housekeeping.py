@@ -16,8 +16,9 @@ from uploader.bootstrap import SPECS, maintain, open_platform, prepare
 async def test_maintenance_prunes_the_event_log_and_forgets_old_ledger_entries(
     tmp_path: Path,
 ) -> None:
-    settings = GatewaySettings(data_dir=tmp_path, event_retention_hours=0.0001,
-                               ledger_retention_hours=1)
+    settings = GatewaySettings(
+        data_dir=tmp_path, event_retention_hours=0.0001, ledger_retention_hours=1
+    )
     platform = open_platform(settings)
     try:
         await prepare(platform, SPECS)

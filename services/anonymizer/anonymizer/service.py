@@ -41,17 +41,25 @@ async def anonymize_image(
         # CPU-bound; Pillow and numpy release the GIL, so other services keep going.
         clean = await asyncio.to_thread(anonymize_fundus, data, output_format="auto")
     except ObjectTooLarge:
-        return [emit_status(event, item_id=item_id, status="error", service=NAME,
-                            reason="Image too large to anonymize (max 64MB)")]
+        return [
+            emit_status(
+                event,
+                item_id=item_id,
+                status="error",
+                service=NAME,
+                reason="Image too large to anonymize (max 64MB)",
+            )
+        ]
     except UnreadableImage as exc:
-        return [emit_status(event, item_id=item_id, status="error", service=NAME,
-                            reason=str(exc))]
+        return [emit_status(event, item_id=item_id, status="error", service=NAME, reason=str(exc))]
     ext = _EXTENSIONS.get(clean.content_type, "jpg")
     stem = f"{event.job_id}/{item_id}"
-    image = await put_bytes(store, CLEAN, f"{stem}.{ext}", clean.image,
-                            content_type=clean.content_type)
-    thumb = await put_bytes(store, CLEAN, f"{stem}.thumb.jpg", clean.thumbnail,
-                            content_type="image/jpeg")
+    image = await put_bytes(
+        store, CLEAN, f"{stem}.{ext}", clean.image, content_type=clean.content_type
+    )
+    thumb = await put_bytes(
+        store, CLEAN, f"{stem}.thumb.jpg", clean.thumbnail, content_type="image/jpeg"
+    )
     return [
         Emit(
             ANONYMIZED_IMAGES,
@@ -87,9 +95,14 @@ def routes(*, store: ObjectStore) -> dict[str, Route]:
         if _image_item(event) is None:
             return ()
         assert isinstance(event, UploadReceived | ArchiveEntryExtracted)
-        return await anonymize_image(event, item_id=event.item_id, source=event.object,
-                                     uploader_id=event.uploader_id, metadata=event.metadata,
-                                     store=store)
+        return await anonymize_image(
+            event,
+            item_id=event.item_id,
+            source=event.object,
+            uploader_id=event.uploader_id,
+            metadata=event.metadata,
+            store=store,
+        )
 
     route = Route(on_image, starts_item=_image_item)
     return {UPLOADS_RECEIVED: route, ARCHIVE_ENTRIES: route}

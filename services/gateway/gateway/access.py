@@ -39,8 +39,7 @@ class Access:
         return {field: AnyOf(list(self.user.lab_unit_ids))}
 
     def may_see_lab_unit(self, lab_unit_id: str | None) -> bool:
-        return self.sees_all or (lab_unit_id is not None
-                                 and lab_unit_id in self.user.lab_unit_ids)
+        return self.sees_all or (lab_unit_id is not None and lab_unit_id in self.user.lab_unit_ids)
 
     def lists_jobs_of(self) -> str | None:
         """Whose jobs the recent-jobs list shows: None for everyone's."""

@@ -49,14 +49,26 @@ async def _owner(gateway: Gateway, user: User, username: str | None) -> str:
     return subject.username
 
 
-async def create_token(gateway: Gateway, request: Request, *, by: User, owner: str,
-                       label: str, expires_in_days: int | None) -> tuple[str, ApiToken]:
-    token, info = await gateway.accounts.create_token(owner, label=label,
-                                                      expires_in_days=expires_in_days)
-    await gateway.audit.record("token_created", actor=by.username, subject=owner,
-                               ip=client_address(request),
-                               user_agent=request.headers.get("user-agent"),
-                               token_id=info.token_id)
+async def create_token(
+    gateway: Gateway,
+    request: Request,
+    *,
+    by: User,
+    owner: str,
+    label: str,
+    expires_in_days: int | None,
+) -> tuple[str, ApiToken]:
+    token, info = await gateway.accounts.create_token(
+        owner, label=label, expires_in_days=expires_in_days
+    )
+    await gateway.audit.record(
+        "token_created",
+        actor=by.username,
+        subject=owner,
+        ip=client_address(request),
+        user_agent=request.headers.get("user-agent"),
+        token_id=info.token_id,
+    )
     return token, info
 
 
@@ -66,10 +78,14 @@ async def revoke_token(gateway: Gateway, request: Request, *, by: User, token_id
     if token is None or (token.username != by.username and not by.is_admin):
         raise GatewayError(NO_SUCH_TOKEN, status_code=404)
     await gateway.accounts.revoke_token(token_id)
-    await gateway.audit.record("token_revoked", actor=by.username, subject=token.username,
-                               ip=client_address(request),
-                               user_agent=request.headers.get("user-agent"),
-                               token_id=token_id)
+    await gateway.audit.record(
+        "token_revoked",
+        actor=by.username,
+        subject=token.username,
+        ip=client_address(request),
+        user_agent=request.headers.get("user-agent"),
+        token_id=token_id,
+    )
     return token.username
 
 
@@ -79,28 +95,38 @@ api_router = APIRouter(prefix="/api", tags=["account"])
 
 
 @api_router.get("/tokens")
-async def api_tokens(gateway: GatewayDep, user: CurrentUser, username: str | None = None
-                     ) -> dict[str, Any]:
+async def api_tokens(
+    gateway: GatewayDep, user: CurrentUser, username: str | None = None
+) -> dict[str, Any]:
     """Your API tokens (administrators: `?username=` for anyone's). Never the tokens
     themselves: those are shown once, when created."""
     owner = await _owner(gateway, user, username)
-    return {"username": owner,
-            "tokens": [token_json(t) for t in await gateway.accounts.tokens(owner)]}
+    return {
+        "username": owner,
+        "tokens": [token_json(t) for t in await gateway.accounts.tokens(owner)],
+    }
 
 
 @api_router.post("/tokens", status_code=status.HTTP_201_CREATED)
-async def api_create_token(new: TokenIn, request: Request, gateway: GatewayDep,
-                           user: CurrentUser, username: str | None = None) -> dict[str, Any]:
+async def api_create_token(
+    new: TokenIn,
+    request: Request,
+    gateway: GatewayDep,
+    user: CurrentUser,
+    username: str | None = None,
+) -> dict[str, Any]:
     """A new API token; `token` in the answer is shown this once."""
     owner = await _owner(gateway, user, username)
-    token, info = await create_token(gateway, request, by=user, owner=owner, label=new.label,
-                                     expires_in_days=new.expires_in_days)
+    token, info = await create_token(
+        gateway, request, by=user, owner=owner, label=new.label, expires_in_days=new.expires_in_days
+    )
     return {"token": token, **token_json(info)}
 
 
 @api_router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def api_revoke_token(token_id: str, request: Request, gateway: GatewayDep,
-                           user: CurrentUser) -> None:
+async def api_revoke_token(
+    token_id: str, request: Request, gateway: GatewayDep, user: CurrentUser
+) -> None:
     await revoke_token(gateway, request, by=user, token_id=token_id)
 
 
@@ -109,51 +135,76 @@ async def api_revoke_token(token_id: str, request: Request, gateway: GatewayDep,
 page_router = APIRouter(prefix="/account", include_in_schema=False)
 
 
-async def _account_page(request: Request, gateway: Gateway, user: User, *,
-                        new_token: str | None = None, status_code: int = 200) -> Response:
+async def _account_page(
+    request: Request,
+    gateway: Gateway,
+    user: User,
+    *,
+    new_token: str | None = None,
+    status_code: int = 200,
+) -> Response:
     session_id = request.session.get(SESSION_ID)
-    return render(request, "account.html", {
-        "tokens": await gateway.accounts.tokens(user.username),
-        "sessions": await gateway.sessions.of(user.username),
-        "current_session": session_id,
-        "new_token": new_token,
-        "min_password": MIN_PASSWORD,
-        "nav": "account",
-    }, user=user, status_code=status_code)
+    return render(
+        request,
+        "account.html",
+        {
+            "tokens": await gateway.accounts.tokens(user.username),
+            "sessions": await gateway.sessions.of(user.username),
+            "current_session": session_id,
+            "new_token": new_token,
+            "min_password": MIN_PASSWORD,
+            "nav": "account",
+        },
+        user=user,
+        status_code=status_code,
+    )
 
 
 @page_router.get("", response_model=None)
-async def account_page(request: Request, gateway: GatewayDep, user: OptionalUser
-                       ) -> Response:
+async def account_page(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
     if user is None:
         return login_redirect(request)
     return await _account_page(request, gateway, user)
 
 
 @page_router.post("/tokens", response_model=None)
-async def account_create_token(request: Request, gateway: GatewayDep, user: OptionalUser
-                               ) -> Response:
+async def account_create_token(
+    request: Request, gateway: GatewayDep, user: OptionalUser
+) -> Response:
     if user is None:
         return login_redirect(request)
     form = await small_form(request)
     days_text = str(form.get("expires_in_days") or "").strip()
     try:
-        new = TokenIn(label=str(form.get("label") or "").strip(),
-                      expires_in_days=int(days_text) if days_text else None)
+        new = TokenIn(
+            label=str(form.get("label") or "").strip(),
+            expires_in_days=int(days_text) if days_text else None,
+        )
     except ValueError:
-        flash(request, "Expiry must be a number of days from 1 to 3650, or blank for never.",
-              kind="error")
+        flash(
+            request,
+            "Expiry must be a number of days from 1 to 3650, or blank for never.",
+            kind="error",
+        )
         return RedirectResponse("/account", status.HTTP_303_SEE_OTHER)
-    token, info = await create_token(gateway, request, by=user, owner=user.username,
-                                     label=new.label, expires_in_days=new.expires_in_days)
+    token, info = await create_token(
+        gateway,
+        request,
+        by=user,
+        owner=user.username,
+        label=new.label,
+        expires_in_days=new.expires_in_days,
+    )
     flash(request, f"Created API token {info.token_id}. Copy it now: it is shown only once.")
-    return await _account_page(request, gateway, user, new_token=token,
-                               status_code=status.HTTP_201_CREATED)
+    return await _account_page(
+        request, gateway, user, new_token=token, status_code=status.HTTP_201_CREATED
+    )
 
 
 @page_router.post("/tokens/{token_id}/revoke", response_model=None)
-async def account_revoke_token(token_id: str, request: Request, gateway: GatewayDep,
-                               user: OptionalUser) -> Response:
+async def account_revoke_token(
+    token_id: str, request: Request, gateway: GatewayDep, user: OptionalUser
+) -> Response:
     if user is None:
         return login_redirect(request)
     owner = await revoke_token(gateway, request, by=user, token_id=token_id)
@@ -163,8 +214,7 @@ async def account_revoke_token(token_id: str, request: Request, gateway: Gateway
 
 
 @page_router.post("/password", response_model=None)
-async def account_password(request: Request, gateway: GatewayDep, user: OptionalUser
-                           ) -> Response:
+async def account_password(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
     """Change your own password; every other session of yours ends."""
     if user is None:
         return login_redirect(request)
@@ -178,26 +228,37 @@ async def account_password(request: Request, gateway: GatewayDep, user: Optional
     else:
         await gateway.accounts.update(user.username, password=new)
         session_id = request.session.get(SESSION_ID)
-        await gateway.sessions.end_all(user.username,
-                                       except_session=session_id
-                                       if isinstance(session_id, str) else None)
-        await gateway.audit.record("password_changed", actor=user.username,
-                                   subject=user.username, ip=client_address(request),
-                                   user_agent=request.headers.get("user-agent"))
+        await gateway.sessions.end_all(
+            user.username, except_session=session_id if isinstance(session_id, str) else None
+        )
+        await gateway.audit.record(
+            "password_changed",
+            actor=user.username,
+            subject=user.username,
+            ip=client_address(request),
+            user_agent=request.headers.get("user-agent"),
+        )
         flash(request, "Your password was changed; you were signed out everywhere else.")
     return RedirectResponse("/account", status.HTTP_303_SEE_OTHER)
 
 
 @page_router.post("/sessions/end-others", response_model=None)
-async def account_end_other_sessions(request: Request, gateway: GatewayDep,
-                                     user: OptionalUser) -> Response:
+async def account_end_other_sessions(
+    request: Request, gateway: GatewayDep, user: OptionalUser
+) -> Response:
     if user is None:
         return login_redirect(request)
     session_id = request.session.get(SESSION_ID)
     ended = await gateway.sessions.end_all(
-        user.username, except_session=session_id if isinstance(session_id, str) else None)
-    await gateway.audit.record("signed_out_elsewhere", actor=user.username,
-                               subject=user.username, ip=client_address(request),
-                               user_agent=request.headers.get("user-agent"), sessions=ended)
+        user.username, except_session=session_id if isinstance(session_id, str) else None
+    )
+    await gateway.audit.record(
+        "signed_out_elsewhere",
+        actor=user.username,
+        subject=user.username,
+        ip=client_address(request),
+        user_agent=request.headers.get("user-agent"),
+        sessions=ended,
+    )
     flash(request, f"Signed out of {ended} other session{'s' if ended != 1 else ''}.")
     return RedirectResponse("/account", status.HTTP_303_SEE_OTHER)

@@ -75,8 +75,9 @@ class ApiToken(BaseModel):
     expires_at: str | None = None
 
     def expired(self, now: datetime | None = None) -> bool:
-        return self.expires_at is not None and \
-            datetime.fromisoformat(self.expires_at) <= (now or datetime.now(UTC))
+        return self.expires_at is not None and datetime.fromisoformat(self.expires_at) <= (
+            now or datetime.now(UTC)
+        )
 
 
 def _user(doc: dict[str, Any]) -> User:
@@ -162,8 +163,9 @@ class Accounts:
             return None
         return _user(doc)
 
-    async def create_token(self, username: str, *, label: str = "",
-                           expires_in_days: int | None = None) -> tuple[str, ApiToken]:
+    async def create_token(
+        self, username: str, *, label: str = "", expires_in_days: int | None = None
+    ) -> tuple[str, ApiToken]:
         """A new API token and what is kept of it; only its hash is stored, so this is the one
         time the token is seen."""
         user = await self.get(username)
@@ -177,7 +179,8 @@ class Accounts:
             label=label.strip()[:100],
             created_at=now.isoformat(),
             expires_at=(now + timedelta(days=expires_in_days)).isoformat()
-            if expires_in_days else None,
+            if expires_in_days
+            else None,
         )
         await self._tokens.insert({"_id": _token_id(token), **info.model_dump()})
         return token, info
@@ -188,8 +191,12 @@ class Accounts:
         tokens = []
         for doc in await self._tokens.find(where, sort=[("created_at", -1)]):
             if "token_id" not in doc:  # made before tokens had ids: give it one now
-                doc = await self._tokens.update(
-                    doc["_id"], set={"token_id": "tok_" + secrets.token_hex(6)}) or doc
+                doc = (
+                    await self._tokens.update(
+                        doc["_id"], set={"token_id": "tok_" + secrets.token_hex(6)}
+                    )
+                    or doc
+                )
             tokens.append(ApiToken.model_validate(doc))
         return tokens
 
@@ -211,8 +218,10 @@ class Accounts:
                 return None
             last = doc.get("last_used_epoch") or 0
             if time.time() - float(last) > _TOKEN_TOUCH_SECONDS:
-                await self._tokens.update(doc["_id"], set={
-                    "last_used_at": utcnow().isoformat(), "last_used_epoch": time.time()})
+                await self._tokens.update(
+                    doc["_id"],
+                    set={"last_used_at": utcnow().isoformat(), "last_used_epoch": time.time()},
+                )
         user = await self.get(doc["username"])
         return user if user and user.active else None
 

@@ -25,8 +25,9 @@ def audit_of(request: Request) -> Audit:
     )
 
 
-async def run_direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser
-                            ) -> dict[str, Any]:
+async def run_direct_upload(
+    request: Request, gateway: GatewayDep, user: CurrentUser
+) -> dict[str, Any]:
     result = await receive_direct_upload(
         read_parts(request.headers.get("content-type", ""), request.stream()),
         user=user,
@@ -48,8 +49,7 @@ async def run_direct_upload(request: Request, gateway: GatewayDep, user: Current
 
 
 @router.post("/direct/upload", status_code=201)
-async def direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser
-                        ) -> dict[str, Any]:
+async def direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
     """Multipart form: `files` (repeatable) and hospital, lab_unit, camera, disease, area,
     mydriatic (ids from /api/reference)."""
     return await run_direct_upload(request, gateway, user)
@@ -65,8 +65,11 @@ async def job_status(job_id: str, gateway: GatewayDep, user: CurrentUser) -> JSO
 
 @router.get("/jobs")
 async def jobs(gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
-    return {"jobs": await recent_jobs(docs=gateway.docs, access=Access(user),
-                                      limit=gateway.settings.recent_jobs_limit)}
+    return {
+        "jobs": await recent_jobs(
+            docs=gateway.docs, access=Access(user), limit=gateway.settings.recent_jobs_limit
+        )
+    }
 
 
 @router.get("/reference")

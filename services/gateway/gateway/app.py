@@ -68,16 +68,23 @@ class _SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])]
                 names = {k.lower() for k, _ in headers}
-                extra = [(b"x-content-type-options", b"nosniff"),
-                         (b"x-frame-options", b"DENY"),
-                         (b"referrer-policy", b"no-referrer")]  # job tokens are in URLs
-                if any(k.lower() == b"content-type" and v.startswith(b"text/html")
-                       for k, v in headers):
+                extra = [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]  # job tokens are in URLs
+                if any(
+                    k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
+                ):
                     extra.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
                 headers += [(k, v) for k, v in extra if k not in names]
                 if secure:
-                    headers = [(k, v + b"; Secure") if k.lower() == b"set-cookie"
-                               and b"secure" not in v.lower() else (k, v) for k, v in headers]
+                    headers = [
+                        (k, v + b"; Secure")
+                        if k.lower() == b"set-cookie" and b"secure" not in v.lower()
+                        else (k, v)
+                        for k, v in headers
+                    ]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -120,11 +127,23 @@ def _wants_page(request: Request) -> bool:
     return "text/html" in accept
 
 
-def _answer(request: Request, status_code: int, message: str, *, title: str = "Sorry",
-            headers: Mapping[str, str] | None = None) -> Response:
+def _answer(
+    request: Request,
+    status_code: int,
+    message: str,
+    *,
+    title: str = "Sorry",
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     if _wants_page(request):
-        return pages.render_error(request, user=None, title=title, message=message,
-                                  status_code=status_code, headers=headers)
+        return pages.render_error(
+            request,
+            user=None,
+            title=title,
+            message=message,
+            status_code=status_code,
+            headers=headers,
+        )
     return JSONResponse({"detail": message}, status_code, headers=headers)
 
 
@@ -192,8 +211,13 @@ def create_app(
     docs: Documents,
     is_ready: Callable[[], bool] = lambda: True,
 ) -> FastAPI:
-    app = FastAPI(title="imaging-uploader", version="0.1.0", docs_url=None, redoc_url=None,
-                  dependencies=[Depends(require_csrf)])
+    app = FastAPI(
+        title="imaging-uploader",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(require_csrf)],
+    )
     app.state.gateway = Gateway(
         settings=settings,
         bus=bus,
@@ -231,8 +255,11 @@ def create_app(
     _install_docs(app)
 
     async def favicon() -> Response:
-        return Response(favicon_ico(), media_type="image/x-icon",
-                        headers={"Cache-Control": "public, max-age=86400"})
+        return Response(
+            favicon_ico(),
+            media_type="image/x-icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     app.add_api_route("/favicon.ico", favicon, include_in_schema=False)
     for route in health_routes(is_ready):

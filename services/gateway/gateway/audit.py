@@ -36,16 +36,30 @@ class AuditLog:
     def __init__(self, *, docs: Documents) -> None:
         self._collection = docs.collection(AUDIT_LOG)
 
-    async def record(self, action: str, *, actor: str | None = None, subject: str | None = None,
-                     ip: str | None = None, user_agent: str | None = None,
-                     **detail: Any) -> None:
-        entry = AuditEntry(at=utcnow().isoformat(), action=action, actor=actor,
-                           subject=subject, ip=ip, user_agent=(user_agent or "")[:300] or None,
-                           detail=detail)
+    async def record(
+        self,
+        action: str,
+        *,
+        actor: str | None = None,
+        subject: str | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        **detail: Any,
+    ) -> None:
+        entry = AuditEntry(
+            at=utcnow().isoformat(),
+            action=action,
+            actor=actor,
+            subject=subject,
+            ip=ip,
+            user_agent=(user_agent or "")[:300] or None,
+            detail=detail,
+        )
         await self._collection.insert({"_id": uuid.uuid4().hex, **entry.model_dump()})
 
-    async def recent(self, *, actor: str | None = None, action: str | None = None,
-                     limit: int = 100) -> list[AuditEntry]:
+    async def recent(
+        self, *, actor: str | None = None, action: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
         where: dict[str, Any] = {}
         if actor is not None:
             where["actor"] = actor

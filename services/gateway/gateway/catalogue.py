@@ -56,8 +56,11 @@ async def grading_queue(
 ) -> dict[str, Any]:
     """Images waiting to be graded, oldest first, of the lab units the caller may see."""
     where: dict[str, Any] = access.lab_unit_filter()
-    for field, value in (("disease_id", disease), ("hospital_id", hospital),
-                         ("lab_unit_id", lab_unit)):
+    for field, value in (
+        ("disease_id", disease),
+        ("hospital_id", hospital),
+        ("lab_unit_id", lab_unit),
+    ):
         if value:
             if field == "lab_unit_id" and not access.may_see_lab_unit(value):
                 return {"count": 0, "items": []}
@@ -81,8 +84,9 @@ async def _stream(store: ObjectStore, ref: ObjectRef) -> StreamingResponse:
         async for chunk in chunks:
             yield chunk
 
-    return StreamingResponse(body(), media_type=ref.content_type,
-                             headers={"Cache-Control": "private, max-age=3600"})
+    return StreamingResponse(
+        body(), media_type=ref.content_type, headers={"Cache-Control": "private, max-age=3600"}
+    )
 
 
 async def _visible(gateway: Any, item_id: str, access: Access) -> CatalogueRecord:
@@ -95,8 +99,7 @@ async def _visible(gateway: Any, item_id: str, access: Access) -> CatalogueRecor
 
 
 @router.get("/images/{item_id}/clean")
-async def clean_image(item_id: str, gateway: GatewayDep, access: AccessDep
-                      ) -> StreamingResponse:
+async def clean_image(item_id: str, gateway: GatewayDep, access: AccessDep) -> StreamingResponse:
     return await _stream(gateway.store, (await _visible(gateway, item_id, access)).clean)
 
 
@@ -106,7 +109,6 @@ async def thumbnail(item_id: str, gateway: GatewayDep, access: AccessDep) -> Str
 
 
 @router.get("/images/{item_id}/raw")
-async def raw_original(item_id: str, gateway: GatewayDep, admin: AdminUser
-                       ) -> StreamingResponse:
+async def raw_original(item_id: str, gateway: GatewayDep, admin: AdminUser) -> StreamingResponse:
     record = await _visible(gateway, item_id, Access(admin))
     return await _stream(gateway.store, record.raw)

@@ -42,8 +42,7 @@ __all__ = [
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FAILED = (
-    "This page has expired or was opened in another session. "
-    "Please reload the page and try again."
+    "This page has expired or was opened in another session. Please reload the page and try again."
 )
 SESSION_KEY = "csrf_token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -166,11 +165,16 @@ async def _peek_multipart(boundary: bytes, receive: Receive) -> tuple[str | None
     def on_part_end() -> None:
         state["done"] = True
 
-    parser = MultipartParser(boundary, {
-        "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     seen = 0
     while not state["done"] and seen <= _PEEK_LIMIT and len(state["value"]) <= 1024:
         message = await receive()

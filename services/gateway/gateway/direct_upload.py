@@ -164,8 +164,9 @@ async def _sniffed(chunks: AsyncIterator[bytes]) -> tuple[str, AsyncIterator[byt
     return mime, whole()
 
 
-async def _limited(chunks: AsyncIterator[bytes], *, max_bytes: int, label: str
-                   ) -> AsyncIterator[bytes]:
+async def _limited(
+    chunks: AsyncIterator[bytes], *, max_bytes: int, label: str
+) -> AsyncIterator[bytes]:
     seen = 0
     async for chunk in chunks:
         seen += len(chunk)
@@ -215,8 +216,9 @@ class _Upload:
             await _drain(part.chunks)
             item.reason = NO_FILE
             return
-        if not await self.pending.take_quota(quota=self.user.quota(
-                self.settings.max_files_per_upload)):
+        if not await self.pending.take_quota(
+            quota=self.user.quota(self.settings.max_files_per_upload)
+        ):
             await _drain(part.chunks)
             item.reason = QUOTA_EXCEEDED
             return
@@ -225,8 +227,11 @@ class _Upload:
             item.stored = await self.store.put(
                 RAW,
                 f"{self.job_id}/{item.item_id}",
-                _limited(stream, max_bytes=self.settings.direct_upload_max_bytes,
-                         label=too_large(self.settings)),
+                _limited(
+                    stream,
+                    max_bytes=self.settings.direct_upload_max_bytes,
+                    label=too_large(self.settings),
+                ),
                 content_type=mime,
             )
             await self.pending.claim(item.stored.md5, item_id=item.item_id)
@@ -256,8 +261,19 @@ async def _validated_metadata(
         if await reference.active(kind, values[name]) is None:
             raise FormRejected(f"Unknown {name}: please choose one from the list")
     mydriatic = values["mydriatic"].lower()
-    if mydriatic not in ("true", "false", "1", "0", "yes", "no", "on", "off",
-                         "mydriatic", "non-mydriatic", "non_mydriatic"):
+    if mydriatic not in (
+        "true",
+        "false",
+        "1",
+        "0",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "mydriatic",
+        "non-mydriatic",
+        "non_mydriatic",
+    ):
         raise FormRejected("Mydriatic must be Mydriatic or Non Mydriatic")
     return DirectUploadMetadata(
         hospital_id=hospital["id"],
@@ -296,16 +312,14 @@ async def receive_direct_upload(
             if metadata is None and all(upload.fields.get(n) for n in FIELDS):
                 # Fields came first (as the form sends them): refuse a bad form before
                 # storing a single byte.
-                metadata = await _validated_metadata(upload.fields, user=user,
-                                                     reference=reference)
+                metadata = await _validated_metadata(upload.fields, user=user, reference=reference)
             await upload.take_file(part)
         if metadata is None:
             metadata = await _validated_metadata(upload.fields, user=user, reference=reference)
         if upload.file_parts == 0:
             raise FormRejected(NO_FILE)
         if upload.file_parts > settings.direct_upload_max_files:
-            raise FormRejected(too_many_files(settings.direct_upload_max_files),
-                               status_code=413)
+            raise FormRejected(too_many_files(settings.direct_upload_max_files), status_code=413)
         record = _job_record(upload, metadata=metadata, audit=audit)
         await JobRecords(docs=docs).put(record)
     except BaseException:
@@ -314,8 +328,7 @@ async def receive_direct_upload(
             await asyncio.shield(pending.give_back())
         except Exception:
             # The sweep gives it back later (the request's document says what it took).
-            log.warning("could not give back what job %s took yet", pending.job_id,
-                        exc_info=True)
+            log.warning("could not give back what job %s took yet", pending.job_id, exc_info=True)
         raise
     await pending.confirm()
     try:
@@ -323,8 +336,9 @@ async def receive_direct_upload(
     except Unavailable:
         # The files are safe and the job recorded; the maintenance task announces it as soon
         # as the event bus is back (`JobRecords.unannounced`).
-        log.warning("job %s recorded; the event bus is unavailable, announcing it later",
-                    record.job_id)
+        log.warning(
+            "job %s recorded; the event bus is unavailable, announcing it later", record.job_id
+        )
     else:
         await JobRecords(docs=docs).mark_announced(record.job_id)
     return UploadResult(job_id=upload.job_id, items=upload.items)
@@ -340,11 +354,14 @@ def _job_record(upload: _Upload, *, metadata: DirectUploadMetadata, audit: Audit
         created_at=utcnow().isoformat(),
         metadata=metadata,
         items=tuple(
-            JobItem(item_id=i.item_id, filename=i.filename,
-                    size=i.stored.size if i.stored else None,
-                    md5=i.stored.md5 if i.stored else None,
-                    raw=to_ref(i.stored) if i.stored else None,
-                    rejected_reason=i.reason)
+            JobItem(
+                item_id=i.item_id,
+                filename=i.filename,
+                size=i.stored.size if i.stored else None,
+                md5=i.stored.md5 if i.stored else None,
+                raw=to_ref(i.stored) if i.stored else None,
+                rejected_reason=i.reason,
+            )
             for i in upload.items
         ),
         rejected_count=sum(1 for i in upload.items if i.reason),
@@ -358,25 +375,44 @@ async def announce_job(record: JobRecord, *, bus: EventBus) -> None:
     `JobRecords.unannounced`) publishes the very same events and consumers drop copies."""
     job_id = record.job_id
     emits: list[Emit] = [
-        Emit(ITEM_STATUS, JobOpened(job_id=job_id, kind="direct",
-                                    item_ids=tuple(i.item_id for i in record.items)))
+        Emit(
+            ITEM_STATUS,
+            JobOpened(
+                job_id=job_id, kind="direct", item_ids=tuple(i.item_id for i in record.items)
+            ),
+        )
     ]
     for item in record.items:
-        emits.append(Emit(ITEM_STATUS, ItemStatusChanged(
-            job_id=job_id, item_id=item.item_id,
-            status="error" if item.rejected_reason else "queued",
-            reason=item.rejected_reason, service=SERVICE)))
+        emits.append(
+            Emit(
+                ITEM_STATUS,
+                ItemStatusChanged(
+                    job_id=job_id,
+                    item_id=item.item_id,
+                    status="error" if item.rejected_reason else "queued",
+                    reason=item.rejected_reason,
+                    service=SERVICE,
+                ),
+            )
+        )
     await publish_events(bus, emits, source=SERVICE, caused_by=f"job:{job_id}")
     metadata = record.metadata
     for item in record.items:
         if item.raw is None or item.rejected_reason is not None:
             continue
-        received = UploadReceived(job_id=job_id, item_id=item.item_id, kind="image",
-                                  object=item.raw, uploader_id=record.uploader,
-                                  metadata=metadata)
+        received = UploadReceived(
+            job_id=job_id,
+            item_id=item.item_id,
+            kind="image",
+            object=item.raw,
+            uploader_id=record.uploader,
+            metadata=metadata,
+        )
         # One trace per file, from here through every service that handles it.
         with tracing.span("gateway receive file", job_id=job_id, item_id=item.item_id):
-            await publish_events(bus, [Emit(UPLOADS_RECEIVED, received, key=item.item_id)],
-                                 source=SERVICE, caused_by=f"item:{item.item_id}")
-
-
+            await publish_events(
+                bus,
+                [Emit(UPLOADS_RECEIVED, received, key=item.item_id)],
+                source=SERVICE,
+                caused_by=f"item:{item.item_id}",
+            )

@@ -18,11 +18,9 @@ __all__ = ["NAME", "release_failed_file", "routes"]
 NAME = "gateway"
 
 
-async def release_failed_file(event: Event, *, jobs: JobRecords, intake: Intake
-                              ) -> Sequence[Emit]:
+async def release_failed_file(event: Event, *, jobs: JobRecords, intake: Intake) -> Sequence[Emit]:
     # Files refused at the door (reported by the gateway itself) never held a slot or a claim.
-    if not isinstance(event, ItemStatusChanged) or event.status != "error" \
-            or event.service == NAME:
+    if not isinstance(event, ItemStatusChanged) or event.status != "error" or event.service == NAME:
         return ()
     job = await jobs.get(event.job_id)
     if job is not None:
@@ -32,8 +30,7 @@ async def release_failed_file(event: Event, *, jobs: JobRecords, intake: Intake
 
 def routes(platform: Platform) -> dict[str, Route]:
     jobs = JobRecords(docs=platform.docs)
-    intake = Intake(docs=platform.docs, store=platform.store,
-                    accounts=Accounts(docs=platform.docs))
+    intake = Intake(docs=platform.docs, store=platform.store, accounts=Accounts(docs=platform.docs))
 
     async def on_status(event: Event) -> Sequence[Emit]:
         return await release_failed_file(event, jobs=jobs, intake=intake)

@@ -17,7 +17,6 @@ MAX_FIELD_BYTES = 16 * 1024
 
 async def small_form(request: Request) -> FormData:
     try:
-        return await request.form(max_files=0, max_fields=MAX_FIELDS,
-                                  max_part_size=MAX_FIELD_BYTES)
+        return await request.form(max_files=0, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
     except HTTPException:
         raise GatewayError(FORM_TOO_LARGE, status_code=400) from None

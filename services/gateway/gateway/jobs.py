@@ -87,8 +87,11 @@ class JobRecords:
 
     async def unannounced(self, *, created_before: str, limit: int = 100) -> list[JobRecord]:
         """Jobs recorded while the event bus was down, oldest first."""
-        docs = await self._collection.find({"announced": False, "created_at": Range(
-            lt=created_before)}, sort=[("created_at", 1)], limit=limit)
+        docs = await self._collection.find(
+            {"announced": False, "created_at": Range(lt=created_before)},
+            sort=[("created_at", 1)],
+            limit=limit,
+        )
         return [JobRecord.model_validate(doc) for doc in docs]
 
     async def recent(self, *, uploader: str | None, limit: int) -> list[JobRecord]:
@@ -99,19 +102,27 @@ class JobRecords:
 
 def _provisional(entry: JobItem) -> ItemState:
     """An item the tracker has not reported yet: refused at the door, or still queued."""
-    return ItemState(status="error" if entry.rejected_reason else "queued",
-                     reason=entry.rejected_reason)
+    return ItemState(
+        status="error" if entry.rejected_reason else "queued", reason=entry.rejected_reason
+    )
 
 
-def job_view(job: JobRecord, status: JobStatus | None, *, include_ip: bool,
-             include_items: bool = True) -> dict[str, Any]:
+def job_view(
+    job: JobRecord, status: JobStatus | None, *, include_ip: bool, include_items: bool = True
+) -> dict[str, Any]:
     """What the status API answers and the pages show for one job."""
     tracked = status.items if status is not None else {}
     items: list[dict[str, Any]] = []
     for entry in job.items:
         state = tracked.get(entry.item_id) or _provisional(entry)
-        items.append({"item_id": entry.item_id, "filename": entry.filename,
-                      "size": entry.size, **_state(state)})
+        items.append(
+            {
+                "item_id": entry.item_id,
+                "filename": entry.filename,
+                "size": entry.size,
+                **_state(state),
+            }
+        )
     known = {entry.item_id for entry in job.items}
     for item_id, state in tracked.items():  # children found inside archives
         if item_id not in known:
@@ -133,7 +144,8 @@ def job_view(job: JobRecord, status: JobStatus | None, *, include_ip: bool,
         "user_agent": job.user_agent,
         "created_at": job.created_at,
         "completed_at": status.finished_at
-        if status is not None and state_name in ("done", "error") else None,
+        if status is not None and state_name in ("done", "error")
+        else None,
         "metadata": job.metadata.model_dump() if job.metadata else None,
         "total": total,
         "processed": finished,
@@ -152,22 +164,29 @@ def job_view(job: JobRecord, status: JobStatus | None, *, include_ip: bool,
 
 
 def _state(state: ItemState) -> dict[str, Any]:
-    return {"status": state.status, "reason": state.reason, "started_at": state.started_at,
-            "finished_at": state.finished_at, "parent_item_id": state.parent_item_id}
+    return {
+        "status": state.status,
+        "reason": state.reason,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "parent_item_id": state.parent_item_id,
+    }
 
 
-async def recent_jobs(*, docs: Documents, access: Access, limit: int = 100
-                      ) -> list[dict[str, Any]]:
+async def recent_jobs(*, docs: Documents, access: Access, limit: int = 100) -> list[dict[str, Any]]:
     """The most recent jobs the viewer may list (see `Access.lists_jobs_of`), with their
     statuses fetched in one query."""
     records = await JobRecords(docs=docs).recent(uploader=access.lists_jobs_of(), limit=limit)
     statuses = await JobStatuses(docs=docs).get_many(r.job_id for r in records)
-    return [job_view(r, statuses.get(r.job_id), include_ip=access.sees_audit_details,
-                     include_items=False) for r in records]
+    return [
+        job_view(
+            r, statuses.get(r.job_id), include_ip=access.sees_audit_details, include_items=False
+        )
+        for r in records
+    ]
 
 
-async def find_job_view(job_id: str, *, docs: Documents, access: Access
-                        ) -> dict[str, Any] | None:
+async def find_job_view(job_id: str, *, docs: Documents, access: Access) -> dict[str, Any] | None:
     """The view of the job this token opens, or None."""
     record = await JobRecords(docs=docs).get(job_id)
     if record is None:

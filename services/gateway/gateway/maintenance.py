@@ -26,13 +26,13 @@ ANNOUNCE_AFTER = timedelta(seconds=30)
 
 
 async def maintain(platform: Platform) -> None:
-    intake = Intake(docs=platform.docs, store=platform.store,
-                    accounts=Accounts(docs=platform.docs))
+    intake = Intake(docs=platform.docs, store=platform.store, accounts=Accounts(docs=platform.docs))
     await intake.sweep()
     await Sessions(docs=platform.docs, lifetime_seconds=0).expire()
     await platform.store.discard_incomplete(
         older_than_seconds=platform.settings.incomplete_write_seconds,
-        buckets=(RAW, CLEAN, REPORTS, SCANS))
+        buckets=(RAW, CLEAN, REPORTS, SCANS),
+    )
     jobs = JobRecords(docs=platform.docs)
     before = (utcnow() - ANNOUNCE_AFTER).isoformat()
     for record in await jobs.unannounced(created_before=before):
@@ -41,5 +41,4 @@ async def maintain(platform: Platform) -> None:
         except Unavailable:
             return  # still down: next time
         await jobs.mark_announced(record.job_id)
-        log.info("announced job %s, recorded while the event bus was unavailable",
-                 record.job_id)
+        log.info("announced job %s, recorded while the event bus was unavailable", record.job_id)

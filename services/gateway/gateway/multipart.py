@@ -53,8 +53,7 @@ def disposition(value: str) -> dict[str, str]:
         charset, _, encoded = extended.partition("'")
         _, _, encoded = encoded.partition("'")
         try:
-            params["filename"] = unquote(encoded, encoding=charset or "utf-8",
-                                         errors="strict")
+            params["filename"] = unquote(encoded, encoding=charset or "utf-8", errors="strict")
         except (LookupError, UnicodeDecodeError):
             params["filename"] = unquote(encoded, encoding="latin-1")
     return params

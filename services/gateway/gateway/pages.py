@@ -50,8 +50,13 @@ SIGNED_OUT = "You have signed out."
 SESSION_ENDED = "Your session has ended. Please sign in again."
 _FLASH_KEY = "flash"
 
-STATUS_LABELS = {"queued": "Queued", "processing": "Processing", "done": "Completed",
-                 "completed": "Completed", "error": "Error"}
+STATUS_LABELS = {
+    "queued": "Queued",
+    "processing": "Processing",
+    "done": "Completed",
+    "completed": "Completed",
+    "error": "Error",
+}
 ROLE_LABELS = {"uploader": "Uploader", "data_manager": "Data manager", "admin": "Administrator"}
 
 router = APIRouter(include_in_schema=False)
@@ -113,8 +118,9 @@ def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     env = templates.env
     env.globals.update(static_url=static_url, ROLE_LABELS=ROLE_LABELS, CSRF_FIELD=CSRF_FIELD)
-    env.filters.update(when=_when, epoch_when=_epoch_when, filesize=_size,
-                       status_label=_status_label)
+    env.filters.update(
+        when=_when, epoch_when=_epoch_when, filesize=_size, status_label=_status_label
+    )
     env.trim_blocks = env.lstrip_blocks = True
     return templates
 
@@ -125,25 +131,44 @@ def flash(request: Request, text: str, *, kind: str = "success") -> None:
     session[_FLASH_KEY] = [*session.get(_FLASH_KEY, []), {"kind": kind, "text": text}]
 
 
-def render(request: Request, name: str, context: Mapping[str, Any] | None = None, *,
-           user: User | None, status_code: int = 200,
-           headers: Mapping[str, str] | None = None) -> HTMLResponse:
+def render(
+    request: Request,
+    name: str,
+    context: Mapping[str, Any] | None = None,
+    *,
+    user: User | None,
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
     session = request.scope.setdefault("session", {})
     flashes = session.pop(_FLASH_KEY, [])
     response: HTMLResponse = _templates().TemplateResponse(
-        request, name,
-        {"user": user, "csrf_token": csrf_token(request), "flashes": flashes,
-         **(context or {})},
+        request,
+        name,
+        {"user": user, "csrf_token": csrf_token(request), "flashes": flashes, **(context or {})},
         status_code=status_code,
         headers={"Cache-Control": "no-store", **(headers or {})},
     )
     return response
 
 
-def render_error(request: Request, *, user: User | None, title: str, message: str,
-                 status_code: int, headers: Mapping[str, str] | None = None) -> HTMLResponse:
-    return render(request, "error.html", {"title": title, "message": message}, user=user,
-                  status_code=status_code, headers=headers)
+def render_error(
+    request: Request,
+    *,
+    user: User | None,
+    title: str,
+    message: str,
+    status_code: int,
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
+    return render(
+        request,
+        "error.html",
+        {"title": title, "message": message},
+        user=user,
+        status_code=status_code,
+        headers=headers,
+    )
 
 
 DOCS_HTML = """<!doctype html>
@@ -191,8 +216,7 @@ async def home(user: OptionalUser) -> RedirectResponse:
 
 
 @router.get("/login", response_model=None)
-async def login_page(request: Request, user: OptionalUser, next: str | None = None
-                     ) -> Response:
+async def login_page(request: Request, user: OptionalUser, next: str | None = None) -> Response:
     if user is not None:
         return RedirectResponse(_safe_next(next), status.HTTP_303_SEE_OTHER)
     return render(request, "login.html", {"next": _safe_next(next), "username": ""}, user=None)
@@ -208,30 +232,51 @@ async def login(request: Request, gateway: GatewayDep) -> Response:
     client = client_address(request)
     user_agent = request.headers.get("user-agent")
     if not username or not password:
-        return render(request, "login.html",
-                      {**context, "error": "Please enter your username and password."},
-                      user=None, status_code=status.HTTP_400_BAD_REQUEST)
+        return render(
+            request,
+            "login.html",
+            {**context, "error": "Please enter your username and password."},
+            user=None,
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
     try:
         await gateway.throttle.check(username, client)
     except TooManySignIns as locked:
-        await gateway.audit.record("sign_in_refused", subject=username.lower(), ip=client,
-                                   user_agent=user_agent, reason="locked")
-        return render(request, "login.html", {**context, "error": locked.message}, user=None,
-                      status_code=locked.status_code, headers=locked.headers)
+        await gateway.audit.record(
+            "sign_in_refused",
+            subject=username.lower(),
+            ip=client,
+            user_agent=user_agent,
+            reason="locked",
+        )
+        return render(
+            request,
+            "login.html",
+            {**context, "error": locked.message},
+            user=None,
+            status_code=locked.status_code,
+            headers=locked.headers,
+        )
     user = await gateway.accounts.authenticate(username, password)
     if user is None:
         await gateway.throttle.failed(username, client)
-        await gateway.audit.record("sign_in_failed", subject=username.lower(), ip=client,
-                                   user_agent=user_agent)
-        return render(request, "login.html", {**context, "error": WRONG_PASSWORD}, user=None,
-                      status_code=status.HTTP_401_UNAUTHORIZED)
+        await gateway.audit.record(
+            "sign_in_failed", subject=username.lower(), ip=client, user_agent=user_agent
+        )
+        return render(
+            request,
+            "login.html",
+            {**context, "error": WRONG_PASSWORD},
+            user=None,
+            status_code=status.HTTP_401_UNAUTHORIZED,
+        )
     await gateway.throttle.succeeded(username)
     request.session.clear()  # nothing from before sign-in carries over (session fixation)
     request.session[SESSION_ID] = await gateway.sessions.start(
-        user.username, ip=client, user_agent=user_agent)
+        user.username, ip=client, user_agent=user_agent
+    )
     new_csrf_token(request)
-    await gateway.audit.record("signed_in", actor=user.username, ip=client,
-                               user_agent=user_agent)
+    await gateway.audit.record("signed_in", actor=user.username, ip=client, user_agent=user_agent)
     return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
 
 
@@ -241,9 +286,12 @@ async def logout(request: Request, gateway: GatewayDep, user: OptionalUser) -> R
     if isinstance(session_id, str):
         await gateway.sessions.end(session_id)  # a copy of the cookie is worth nothing now
     if user is not None:
-        await gateway.audit.record("signed_out", actor=user.username,
-                                   ip=client_address(request),
-                                   user_agent=request.headers.get("user-agent"))
+        await gateway.audit.record(
+            "signed_out",
+            actor=user.username,
+            ip=client_address(request),
+            user_agent=request.headers.get("user-agent"),
+        )
     request.session.clear()
     new_csrf_token(request)
     flash(request, SIGNED_OUT)
@@ -255,10 +303,12 @@ async def session_csrf(request: Request, user: OptionalUser) -> JSONResponse:
     """The session's current CSRF token, for a page that has been open a long time (the user
     may have signed in again in another tab since). Other sites cannot read the answer."""
     if user is None:
-        return JSONResponse({"detail": SESSION_ENDED}, status.HTTP_401_UNAUTHORIZED,
-                            headers={"Cache-Control": "no-store"})
-    return JSONResponse({"csrf_token": csrf_token(request)},
-                        headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"detail": SESSION_ENDED},
+            status.HTTP_401_UNAUTHORIZED,
+            headers={"Cache-Control": "no-store"},
+        )
+    return JSONResponse({"csrf_token": csrf_token(request)}, headers={"Cache-Control": "no-store"})
 
 
 # --- direct upload --------------------------------------------------------------------------
@@ -268,8 +318,7 @@ async def _upload_form_context(gateway: Gateway, user: User) -> dict[str, Any]:
     reference = await gateway.reference.all()
     lab_units = [u for u in reference["lab_units"] if user.may_use_lab_unit(u["id"])]
     usable_hospitals = {u["hospital_id"] for u in lab_units}
-    hospitals = [h for h in reference["hospitals"]
-                 if user.is_admin or h["id"] in usable_hospitals]
+    hospitals = [h for h in reference["hospitals"] if user.is_admin or h["id"] in usable_hospitals]
     settings = gateway.settings
     quota = user.quota(settings.max_files_per_upload)
     return {
@@ -315,39 +364,49 @@ async def upload(request: Request, gateway: GatewayDep, user: OptionalUser) -> R
     except GatewayError as refused:
         fresh = await gateway.accounts.get(user.username) or user
         context = await _upload_form_context(gateway, fresh)
-        return render(request, "upload.html",
-                      {**context, "error": refused.message, "values": {}},
-                      user=fresh, status_code=refused.status_code)
+        return render(
+            request,
+            "upload.html",
+            {**context, "error": refused.message, "values": {}},
+            user=fresh,
+            status_code=refused.status_code,
+        )
     return RedirectResponse(received["processing_url"], status.HTTP_303_SEE_OTHER)
 
 
 # --- one job --------------------------------------------------------------------------------
 
 
-async def _job_page(request: Request, gateway: Gateway, user: User | None, job_id: str,
-                    template: str) -> Response:
+async def _job_page(
+    request: Request, gateway: Gateway, user: User | None, job_id: str, template: str
+) -> Response:
     if user is None:
         return login_redirect(request)
     view = await find_job_view(job_id, docs=gateway.docs, access=Access(user))
     if view is None:
         return render_error(
-            request, user=user, title="Upload job not found",
+            request,
+            user=user,
+            title="Upload job not found",
             message="There is no upload job with this token. Please check the link, or find "
-                    "the job in Recent Jobs.",
-            status_code=status.HTTP_404_NOT_FOUND)
+            "the job in Recent Jobs.",
+            status_code=status.HTTP_404_NOT_FOUND,
+        )
     names = await gateway.reference.names()
     return render(request, template, {"job": view, "names": names}, user=user)
 
 
 @router.get("/direct/upload/processing/{job_id}", response_model=None)
-async def processing_page(request: Request, job_id: str, gateway: GatewayDep,
-                          user: OptionalUser) -> Response:
+async def processing_page(
+    request: Request, job_id: str, gateway: GatewayDep, user: OptionalUser
+) -> Response:
     return await _job_page(request, gateway, user, job_id, "processing.html")
 
 
 @router.get("/direct/upload/results/{job_id}", response_model=None)
-async def results_page(request: Request, job_id: str, gateway: GatewayDep,
-                       user: OptionalUser) -> Response:
+async def results_page(
+    request: Request, job_id: str, gateway: GatewayDep, user: OptionalUser
+) -> Response:
     return await _job_page(request, gateway, user, job_id, "results.html")
 
 
@@ -359,14 +418,19 @@ async def jobs_page(request: Request, gateway: GatewayDep, user: OptionalUser) -
     as_json = wants_json(request)
     if user is None:
         if as_json:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Please sign in",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "Please sign in",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return login_redirect(request)
-    jobs = await recent_jobs(docs=gateway.docs, access=Access(user),
-                             limit=gateway.settings.recent_jobs_limit)
+    jobs = await recent_jobs(
+        docs=gateway.docs, access=Access(user), limit=gateway.settings.recent_jobs_limit
+    )
     if as_json:
         return JSONResponse({"jobs": jobs}, headers={"Cache-Control": "no-store", "Vary": "Accept"})
-    response = render(request, "jobs.html",
-                      {"jobs": jobs, "limit": gateway.settings.recent_jobs_limit}, user=user)
+    response = render(
+        request, "jobs.html", {"jobs": jobs, "limit": gateway.settings.recent_jobs_limit}, user=user
+    )
     response.headers["Vary"] = "Accept"
     return response

@@ -22,8 +22,11 @@ _SEED: dict[str, list[dict[str, Any]]] = {
     "lab_units": [
         {"_id": "city-retina-clinic", "name": "Retina Clinic", "hospital_id": "city-general"},
         {"_id": "city-screening-camp", "name": "Screening Camp", "hospital_id": "city-general"},
-        {"_id": "riverside-outpatient", "name": "Outpatient Eye Unit",
-         "hospital_id": "riverside-eye"},
+        {
+            "_id": "riverside-outpatient",
+            "name": "Outpatient Eye Unit",
+            "hospital_id": "riverside-eye",
+        },
     ],
     "cameras": [
         {"_id": "remidio-fop", "name": "Remidio Fundus on Phone"},
@@ -85,8 +88,10 @@ class ReferenceData:
     async def put(self, kind: str, item: dict[str, Any]) -> dict[str, Any]:
         if kind not in KINDS:
             raise KeyError(kind)
-        doc: dict[str, Any] = {"_id": item.get("id") or slug(item["name"]),
-                               "name": item["name"].strip()}
+        doc: dict[str, Any] = {
+            "_id": item.get("id") or slug(item["name"]),
+            "name": item["name"].strip(),
+        }
         if kind == "lab_units":
             doc["hospital_id"] = item["hospital_id"]
         if item.get("retired"):
@@ -95,12 +100,10 @@ class ReferenceData:
         return _public(doc)
 
     async def retire(self, kind: str, item_id: str) -> bool:
-        return await self._docs.collection(kind).update(item_id, set={"retired": True}) \
-            is not None
+        return await self._docs.collection(kind).update(item_id, set={"retired": True}) is not None
 
     async def restore(self, kind: str, item_id: str) -> bool:
-        return await self._docs.collection(kind).update(item_id, set={"retired": False}) \
-            is not None
+        return await self._docs.collection(kind).update(item_id, set={"retired": False}) is not None
 
 
 async def seed_reference_data(docs: Documents) -> bool:

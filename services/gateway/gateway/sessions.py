@@ -43,9 +43,15 @@ class Sessions:
     async def start(self, username: str, *, ip: str | None, user_agent: str | None) -> str:
         session_id = secrets.token_urlsafe(32)
         now = time.time()
-        session = Session(session_id=session_id, username=username,
-                          created_at=utcnow().isoformat(), expires_at=now + self._lifetime,
-                          last_seen_at=now, ip=ip, user_agent=(user_agent or "")[:300] or None)
+        session = Session(
+            session_id=session_id,
+            username=username,
+            created_at=utcnow().isoformat(),
+            expires_at=now + self._lifetime,
+            last_seen_at=now,
+            ip=ip,
+            user_agent=(user_agent or "")[:300] or None,
+        )
         await self._collection.insert({"_id": session_id, **session.model_dump()})
         return session_id
 
@@ -75,8 +81,7 @@ class Sessions:
         return ended
 
     async def of(self, username: str) -> list[Session]:
-        docs = await self._collection.find({"username": username},
-                                           sort=[("last_seen_at", -1)])
+        docs = await self._collection.find({"username": username}, sort=[("last_seen_at", -1)])
         return [Session.model_validate(doc) for doc in docs]
 
     async def expire(self) -> int:

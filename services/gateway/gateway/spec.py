@@ -66,16 +66,26 @@ def _app(platform: Platform, is_ready: Callable[[], bool]) -> FastAPI:
     if not isinstance(settings, GatewaySettings):
         settings = GatewaySettings.model_validate(settings.model_dump())
     settings = settings.model_copy(update={"session_secret": session_secret(settings)})
-    return create_app(settings=settings, bus=platform.bus, store=platform.store,
-                      docs=platform.docs, is_ready=is_ready)
+    return create_app(
+        settings=settings,
+        bus=platform.bus,
+        store=platform.store,
+        docs=platform.docs,
+        is_ready=is_ready,
+    )
 
 
 SPEC = ServiceSpec(
     name=NAME,
     routes=routes,
     needs=frozenset({"bus", "store", "docs"}),
-    indexes={**JOB_INDEXES, **INTAKE_INDEXES, **ACCOUNT_INDEXES, **SESSION_INDEXES,
-             **AUDIT_INDEXES},
+    indexes={
+        **JOB_INDEXES,
+        **INTAKE_INDEXES,
+        **ACCOUNT_INDEXES,
+        **SESSION_INDEXES,
+        **AUDIT_INDEXES,
+    },
     prepare=_prepare,
     maintain=maintain,
     http_app=_app,

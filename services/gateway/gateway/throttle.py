@@ -22,14 +22,16 @@ SIGN_IN_FAILURES = "sign_in_failures"
 
 def too_many_sign_ins(seconds: float) -> str:
     minutes = max(1, math.ceil(seconds / 60))
-    return (f"Too many failed sign-ins. Try again in {minutes} "
-            f"minute{'s' if minutes != 1 else ''}.")
+    return f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes != 1 else ''}."
 
 
 class TooManySignIns(GatewayError):
     def __init__(self, seconds: float) -> None:
-        super().__init__(too_many_sign_ins(seconds), status_code=429,
-                         headers={"Retry-After": str(max(1, math.ceil(seconds)))})
+        super().__init__(
+            too_many_sign_ins(seconds),
+            status_code=429,
+            headers={"Retry-After": str(max(1, math.ceil(seconds)))},
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,11 +75,14 @@ class SignInThrottle:
             if doc is not None and now - float(doc.get("last_at") or 0) > policy.window_seconds:
                 await self._collection.delete(key)
             doc = await self._collection.update(
-                key, inc={"count": 1}, set={"last_at": now}, upsert=True)
+                key, inc={"count": 1}, set={"last_at": now}, upsert=True
+            )
             count = int((doc or {}).get("count") or 0)
             if count >= policy.failures:
-                lock = min(policy.first_lock_seconds * 2 ** (count - policy.failures),
-                           policy.max_lock_seconds)
+                lock = min(
+                    policy.first_lock_seconds * 2 ** (count - policy.failures),
+                    policy.max_lock_seconds,
+                )
                 await self._collection.update(key, set={"locked_until": now + lock})
 
     async def succeeded(self, username: str) -> None:

@@ -12,14 +12,23 @@ from contracts.events import UploadReceived, decode
 from contracts.topics import UPLOADS_RECEIVED
 from testkit.synthetic import fundus_image, pdf_bytes
 
-FORM = {"hospital": "city-general", "lab_unit": "city-retina-clinic", "camera": "remidio-fop",
-        "disease": "dr", "area": "left-eye", "mydriatic": "false"}
+FORM = {
+    "hospital": "city-general",
+    "lab_unit": "city-retina-clinic",
+    "camera": "remidio-fop",
+    "disease": "dr",
+    "area": "left-eye",
+    "mydriatic": "false",
+}
 
 
-async def post(site: Any, user: str, files: list[tuple[str, bytes, str]],
-               form: dict[str, str] | None = None) -> httpx.Response:
+async def post(
+    site: Any, user: str, files: list[tuple[str, bytes, str]], form: dict[str, str] | None = None
+) -> httpx.Response:
     return await site.client.post(
-        "/api/direct/upload", headers=site.auth(user), data=FORM if form is None else form,
+        "/api/direct/upload",
+        headers=site.auth(user),
+        data=FORM if form is None else form,
         files=[("files", f) for f in files],
     )
 
@@ -98,16 +107,18 @@ async def test_an_empty_file_input_is_no_selected_file(site: Any) -> None:
     # What a browser sends for a file input left empty: filename="" and no bytes.
     boundary = "EmptyInput"
     fields = "".join(
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
         for k, v in FORM.items()
     )
-    body = (fields + f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
-            f"filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n\r\n"
-            f"--{boundary}--\r\n").encode()
+    body = (
+        fields + f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+        f'filename=""\r\nContent-Type: application/octet-stream\r\n\r\n\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
     response = await site.client.post(
-        "/api/direct/upload", content=body,
-        headers={**site.auth("camp"),
-                 "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        "/api/direct/upload",
+        content=body,
+        headers={**site.auth("camp"), "Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert response.status_code == 201, response.text
     assert response.json()["rejected"][0]["reason"] == "No selected file"
@@ -131,15 +142,17 @@ async def test_fields_sent_after_the_files_are_still_checked_and_rolled_back(
     boundary = "b0undary"
     name, data, _ = jpeg(11)
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\""
-        f"\r\nContent-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n"
-        + f"--{boundary}\r\nContent-Disposition: form-data; name=\"hospital\"\r\n\r\n"
-          f"city-general\r\n--{boundary}--\r\n".encode()
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"'
+        f"\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        + f'--{boundary}\r\nContent-Disposition: form-data; name="hospital"\r\n\r\n'
+        f"city-general\r\n--{boundary}--\r\n".encode()
     )
     response = await site.client.post(
-        "/api/direct/upload", content=body,
-        headers={**site.auth("camp"),
-                 "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        "/api/direct/upload",
+        content=body,
+        headers={**site.auth("camp"), "Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert response.status_code == 400
     assert response.json()["detail"] == "All fields are required"
@@ -168,15 +181,18 @@ async def test_more_files_than_allowed_in_one_request_is_refused_clearly(site: A
 
 
 async def test_a_request_without_files_is_no_selected_file(site: Any) -> None:
-    response = await site.client.post("/api/direct/upload", headers=site.auth("camp"),
-                                      data=FORM, files={"other": ("x.txt", b"x")})
+    response = await site.client.post(
+        "/api/direct/upload", headers=site.auth("camp"), data=FORM, files={"other": ("x.txt", b"x")}
+    )
     assert response.status_code == 400
     assert response.json()["detail"] == "No selected file"
 
 
 async def test_uploading_needs_a_valid_token(site: Any) -> None:
     response = await site.client.post(
-        "/api/direct/upload", headers={"Authorization": "Bearer nope"}, data=FORM,
+        "/api/direct/upload",
+        headers={"Authorization": "Bearer nope"},
+        data=FORM,
         files=[("files", jpeg(14))],
     )
     assert response.status_code == 401
@@ -187,16 +203,18 @@ async def test_the_job_shows_rejected_files_at_once_and_the_ip_to_admins_only(
 ) -> None:
     response = await post(site, "camp", [jpeg(15), ("doc.png", b"%PDF-1.4 x", "image/png")])
     job_id = response.json()["job_id"]
-    mine = (await site.client.get(f"/api/upload-jobs/{job_id}/status",
-                                  headers=site.auth("camp"))).json()
+    mine = (
+        await site.client.get(f"/api/upload-jobs/{job_id}/status", headers=site.auth("camp"))
+    ).json()
     assert mine["uploader"] == "camp"
     assert "ip" not in mine
     by_name = {i["filename"]: i for i in mine["items"]}
     assert by_name["doc.png"]["status"] == "error"
     assert by_name["doc.png"]["reason"].startswith("Invalid file type: ")
     assert by_name["img15.jpg"]["status"] == "queued"
-    as_admin = (await site.client.get(f"/api/upload-jobs/{job_id}/status",
-                                      headers=site.auth("boss"))).json()
+    as_admin = (
+        await site.client.get(f"/api/upload-jobs/{job_id}/status", headers=site.auth("boss"))
+    ).json()
     assert as_admin["ip"] == "203.0.113.7"
     missing = await site.client.get("/api/upload-jobs/nope/status", headers=site.auth("camp"))
     assert missing.status_code == 404

@@ -28,8 +28,14 @@ from kit.store_fs import FilesystemObjectStore
 from testkit.fs import small_tmpfs
 from testkit.synthetic import fundus_image
 
-FORM = {"hospital": "city-general", "lab_unit": "city-retina-clinic", "camera": "remidio-fop",
-        "disease": "dr", "area": "left-eye", "mydriatic": "false"}
+FORM = {
+    "hospital": "city-general",
+    "lab_unit": "city-retina-clinic",
+    "camera": "remidio-fop",
+    "disease": "dr",
+    "area": "left-eye",
+    "mydriatic": "false",
+}
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -54,8 +60,10 @@ def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "xYz1"
         disposition = f'form-data; name="{name}"'
         if filename is not None:
             disposition += f'; filename="{filename}"'
-        body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-                 f"Content-Type: application/octet-stream\r\n\r\n").encode()
+        body += (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         body += data + b"\r\n"
     return body
 
@@ -68,8 +76,9 @@ async def sign_in(client: httpx.AsyncClient, username: str, password: str) -> ht
     page = await client.get("/login")
     token = CSRF_INPUT.search(page.text)
     assert token is not None
-    return await client.post("/login", data={"username": username, "password": password,
-                                              "csrf_token": token.group(1)})
+    return await client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token.group(1)}
+    )
 
 
 async def page_csrf(client: httpx.AsyncClient, path: str = "/direct/upload") -> str:
@@ -79,21 +88,25 @@ async def page_csrf(client: httpx.AsyncClient, path: str = "/direct/upload") -> 
 
 
 @contextlib.asynccontextmanager
-async def own_site(tmp_path: Path, settings: GatewaySettings, *, objects: Path
-                   ) -> AsyncIterator[tuple[httpx.AsyncClient, Accounts, str, SqliteDocuments]]:
+async def own_site(
+    tmp_path: Path, settings: GatewaySettings, *, objects: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, Accounts, str, SqliteDocuments]]:
     """A gateway of its own (settings, object store folder), with the uploader "camp"."""
     docs = SqliteDocuments(path=tmp_path / "documents.sqlite3")
     bus = SqliteEventBus(path=tmp_path / "events.sqlite3")
     await seed_reference_data(docs)
     accounts = Accounts(docs=docs)
-    await accounts.create_user(username="camp", role="uploader", password="pw-camp-1",
-                               lab_unit_ids=("city-retina-clinic",))
+    await accounts.create_user(
+        username="camp", role="uploader", password="pw-camp-1", lab_unit_ids=("city-retina-clinic",)
+    )
     token, _ = await accounts.create_token("camp")
-    app = create_app(settings=settings, bus=bus, store=FilesystemObjectStore(root=objects),
-                     docs=docs)
+    app = create_app(
+        settings=settings, bus=bus, store=FilesystemObjectStore(root=objects), docs=docs
+    )
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://gateway") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway"
+        ) as client:
             yield client, accounts, token, docs
     finally:
         await bus.close()
@@ -110,11 +123,17 @@ async def test_a_request_cut_off_inside_a_file_leaves_the_quota_exactly_as_it_wa
     for _ in range(10):
         # Ends inside the second file: no closing boundary, Content-Length exact.
         body = multipart([*form_parts(), ("files", "whole.jpg", jpeg(2)[1])])
-        body += (b'--xYz1\r\nContent-Disposition: form-data; name="files"; filename="'
-                 + name.encode() + b'"\r\n\r\n' + data[: len(data) // 2])
+        body += (
+            b'--xYz1\r\nContent-Disposition: form-data; name="files"; filename="'
+            + name.encode()
+            + b'"\r\n\r\n'
+            + data[: len(data) // 2]
+        )
         response = await site.client.post(
-            "/api/direct/upload", content=body,
-            headers={**site.auth("camp"), "Content-Type": "multipart/form-data; boundary=xYz1"})
+            "/api/direct/upload",
+            content=body,
+            headers={**site.auth("camp"), "Content-Type": "multipart/form-data; boundary=xYz1"},
+        )
         assert response.status_code == 400
         assert response.json()["detail"] == "the request ended in the middle of a file"
     assert await count_of(site, "camp") == 0
@@ -125,8 +144,12 @@ async def test_a_request_cut_off_inside_a_file_leaves_the_quota_exactly_as_it_wa
     accepted = 0
     for batch in range(9):
         files = [jpeg(100 + batch * 6 + i) for i in range(6)]
-        response = await site.client.post("/api/direct/upload", headers=site.auth("camp"),
-                                          data=FORM, files=[("files", f) for f in files])
+        response = await site.client.post(
+            "/api/direct/upload",
+            headers=site.auth("camp"),
+            data=FORM,
+            files=[("files", f) for f in files],
+        )
         accepted += len(response.json()["accepted"])
     assert accepted == 50
     assert await count_of(site, "camp") == 50
@@ -141,13 +164,15 @@ async def test_a_full_disk_answers_507_with_the_message_and_changes_nothing(
         async with own_site(tmp_path, settings, objects=mount / "objects") as site:
             client, accounts, token, docs = site
             response = await client.post(
-                "/api/direct/upload", headers={"Authorization": f"Bearer {token}"},
-                data=FORM, files=[("files", jpeg(2)),
-                                  ("files", ("big.jpg", big, "image/jpeg"))])
+                "/api/direct/upload",
+                headers={"Authorization": f"Bearer {token}"},
+                data=FORM,
+                files=[("files", jpeg(2)), ("files", ("big.jpg", big, "image/jpeg"))],
+            )
             assert response.status_code == 507
             assert response.json()["detail"] == (
-                "The server has no storage space left; nothing was kept. "
-                "Please try again later.")
+                "The server has no storage space left; nothing was kept. Please try again later."
+            )
             user = await accounts.get("camp")
             assert user is not None and user.file_upload_count == 0
             assert [p for p in (mount / "objects").rglob("*") if p.is_file()] == []
@@ -162,8 +187,12 @@ NAMES = ["रोगी_眼底.jpg", "患者の眼底.jpg", "眼睛👁️.jpg", 
 
 async def test_filenames_in_any_script_are_kept_intact_through_the_api(site: Any) -> None:
     files = [jpeg(10 + i, name) for i, name in enumerate(NAMES)]
-    response = await site.client.post("/api/direct/upload", headers=site.auth("camp"),
-                                      data=FORM, files=[("files", f) for f in files])
+    response = await site.client.post(
+        "/api/direct/upload",
+        headers=site.auth("camp"),
+        data=FORM,
+        files=[("files", f) for f in files],
+    )
     assert response.status_code == 201, response.text
     assert [a["filename"] for a in response.json()["accepted"]] == NAMES
     job = await site.docs.collection("jobs").get(response.json()["job_id"])
@@ -173,31 +202,46 @@ async def test_filenames_in_any_script_are_kept_intact_through_the_api(site: Any
 async def test_raw_utf8_names_and_rfc5987_names_arrive_and_control_characters_go(
     site: Any,
 ) -> None:
-    body = multipart([*form_parts(),
-                      ("files", "रोगी_眼底.jpg", jpeg(20)[1]),
-                      ("files", "bad\x1b[31mred\x7f.jpg", jpeg(21)[1])])
-    body += (b'--xYz1\r\nContent-Disposition: form-data; name="files"; filename="x.jpg"; '
-             b"filename*=UTF-8''caf%C3%A9%20%F0%9F%91%81.jpg\r\n\r\n" + jpeg(22)[1]
-             + b"\r\n--xYz1--\r\n")
+    body = multipart(
+        [
+            *form_parts(),
+            ("files", "रोगी_眼底.jpg", jpeg(20)[1]),
+            ("files", "bad\x1b[31mred\x7f.jpg", jpeg(21)[1]),
+        ]
+    )
+    body += (
+        b'--xYz1\r\nContent-Disposition: form-data; name="files"; filename="x.jpg"; '
+        b"filename*=UTF-8''caf%C3%A9%20%F0%9F%91%81.jpg\r\n\r\n" + jpeg(22)[1] + b"\r\n--xYz1--\r\n"
+    )
     response = await site.client.post(
-        "/api/direct/upload", content=body,
-        headers={**site.auth("camp"), "Content-Type": "multipart/form-data; boundary=xYz1"})
+        "/api/direct/upload",
+        content=body,
+        headers={**site.auth("camp"), "Content-Type": "multipart/form-data; boundary=xYz1"},
+    )
     assert response.status_code == 201, response.text
     assert [a["filename"] for a in response.json()["accepted"]] == [
-        "रोगी_眼底.jpg", "bad[31mred.jpg", "café 👁.jpg"]
+        "रोगी_眼底.jpg",
+        "bad[31mred.jpg",
+        "café 👁.jpg",
+    ]
 
 
 async def test_both_web_form_paths_keep_non_latin_names(site: Any) -> None:
     assert (await sign_in(site.client, "camp", "pw-camp-1")).status_code == 303
     token = await page_csrf(site.client)
     scripted = await site.client.post(
-        "/direct/upload", headers={"X-CSRF-Token": token}, data=FORM,
-        files=[("files", jpeg(30, "रोगी_1.jpg"))])
+        "/direct/upload",
+        headers={"X-CSRF-Token": token},
+        data=FORM,
+        files=[("files", jpeg(30, "रोगी_1.jpg"))],
+    )
     assert scripted.status_code == 201, scripted.text
     assert scripted.json()["accepted"][0]["filename"] == "रोगी_1.jpg"
     plain = await site.client.post(
-        "/direct/upload", data={"csrf_token": token, **FORM},
-        files=[("files", jpeg(31, "眼底_2.jpg"))])
+        "/direct/upload",
+        data={"csrf_token": token, **FORM},
+        files=[("files", jpeg(31, "眼底_2.jpg"))],
+    )
     assert plain.status_code == 303, plain.text
     job_id = plain.headers["location"].rsplit("/", 1)[-1]
     job = await site.docs.collection("jobs").get(job_id)
@@ -208,52 +252,85 @@ async def test_both_web_form_paths_keep_non_latin_names(site: Any) -> None:
 
 
 def _ref(key: str) -> ObjectRef:
-    return ObjectRef(bucket="clean", key=key, size=1, md5="m", sha256="s",
-                     content_type="image/jpeg")
+    return ObjectRef(
+        bucket="clean", key=key, size=1, md5="m", sha256="s", content_type="image/jpeg"
+    )
 
 
-async def _catalogue(site: Any, item_id: str, *, lab_unit: str, uploader: str, job: str
-                     ) -> None:
+async def _catalogue(site: Any, item_id: str, *, lab_unit: str, uploader: str, job: str) -> None:
     catalogue = Catalogue(docs=site.docs)
     hospital = "riverside-eye" if lab_unit == "riverside-outpatient" else "city-general"
-    await catalogue.put(CatalogueRecord(
-        item_id=item_id, job_id=job, uploader_id=uploader, hospital_id=hospital,
-        lab_unit_id=lab_unit, camera_id="remidio-fop", disease_id="dr", area_id="left-eye",
-        mydriatic=False, raw=_ref(f"{job}/{item_id}"), clean=_ref(f"{job}/{item_id}.jpg"),
-        thumbnail=_ref(f"{job}/{item_id}.thumb.jpg"), md5=item_id, sha256=item_id, size=1,
-        width=10, height=10, masked=True, ingested_at=f"2026-01-01T00:00:0{len(item_id)}"))
-    await catalogue.enqueue(QueueEntry(record_id=item_id, job_id=job, disease_id="dr",
-                                       hospital_id=hospital, lab_unit_id=lab_unit,
-                                       queued_at=f"2026-01-01T00:00:{item_id[-1]}0"))
+    await catalogue.put(
+        CatalogueRecord(
+            item_id=item_id,
+            job_id=job,
+            uploader_id=uploader,
+            hospital_id=hospital,
+            lab_unit_id=lab_unit,
+            camera_id="remidio-fop",
+            disease_id="dr",
+            area_id="left-eye",
+            mydriatic=False,
+            raw=_ref(f"{job}/{item_id}"),
+            clean=_ref(f"{job}/{item_id}.jpg"),
+            thumbnail=_ref(f"{job}/{item_id}.thumb.jpg"),
+            md5=item_id,
+            sha256=item_id,
+            size=1,
+            width=10,
+            height=10,
+            masked=True,
+            ingested_at=f"2026-01-01T00:00:0{len(item_id)}",
+        )
+    )
+    await catalogue.enqueue(
+        QueueEntry(
+            record_id=item_id,
+            job_id=job,
+            disease_id="dr",
+            hospital_id=hospital,
+            lab_unit_id=lab_unit,
+            queued_at=f"2026-01-01T00:00:{item_id[-1]}0",
+        )
+    )
 
 
 async def test_uploaders_see_only_their_lab_units_images_and_no_foreign_job_ids(
     site: Any,
 ) -> None:
-    await site.accounts.create_user(username="nurse", role="uploader", password="pw-nurse-1",
-                                    lab_unit_ids=("city-retina-clinic",))
-    await site.accounts.create_user(username="other", role="uploader", password="pw-other-1",
-                                    lab_unit_ids=("riverside-outpatient",))
+    await site.accounts.create_user(
+        username="nurse",
+        role="uploader",
+        password="pw-nurse-1",
+        lab_unit_ids=("city-retina-clinic",),
+    )
+    await site.accounts.create_user(
+        username="other",
+        role="uploader",
+        password="pw-other-1",
+        lab_unit_ids=("riverside-outpatient",),
+    )
     await site.accounts.create_user(username="dm", role="data_manager", password="pw-dm-123")
     tokens = {u: (await site.accounts.create_token(u))[0] for u in ("nurse", "other", "dm")}
     await _catalogue(site, "own1", lab_unit="city-retina-clinic", uploader="camp", job="jobA")
     await _catalogue(site, "unit2", lab_unit="city-retina-clinic", uploader="nurse", job="jobB")
-    await _catalogue(site, "far3", lab_unit="riverside-outpatient", uploader="other",
-                     job="jobC")
+    await _catalogue(site, "far3", lab_unit="riverside-outpatient", uploader="other", job="jobC")
 
     def auth(user: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {tokens[user]}"} if user in tokens \
-            else site.auth(user)
+        return {"Authorization": f"Bearer {tokens[user]}"} if user in tokens else site.auth(user)
 
     camp = (await site.client.get("/api/grading/queue", headers=auth("camp"))).json()
-    assert {(e["id"], e["job_id"]) for e in camp["items"]} == {("own1", "jobA"),
-                                                               ("unit2", None)}
-    far = await site.client.get("/api/grading/queue?lab_unit=riverside-outpatient",
-                                headers=auth("camp"))
+    assert {(e["id"], e["job_id"]) for e in camp["items"]} == {("own1", "jobA"), ("unit2", None)}
+    far = await site.client.get(
+        "/api/grading/queue?lab_unit=riverside-outpatient", headers=auth("camp")
+    )
     assert far.json()["items"] == []
     manager = (await site.client.get("/api/grading/queue", headers=auth("dm"))).json()
     assert {(e["id"], e["job_id"]) for e in manager["items"]} == {
-        ("own1", "jobA"), ("unit2", "jobB"), ("far3", "jobC")}
+        ("own1", "jobA"),
+        ("unit2", "jobB"),
+        ("far3", "jobC"),
+    }
     for kind in ("clean", "thumbnail"):
         refused = await site.client.get(f"/api/images/far3/{kind}", headers=auth("camp"))
         assert refused.status_code == 404
@@ -264,23 +341,28 @@ async def test_uploaders_see_only_their_lab_units_images_and_no_foreign_job_ids(
 
 
 async def _cookie_after_sign_in(site: Any, username: str, password: str) -> str:
-    async with httpx.AsyncClient(transport=site.client._transport,
-                                 base_url="http://gateway") as browser:
+    async with httpx.AsyncClient(
+        transport=site.client._transport, base_url="http://gateway"
+    ) as browser:
         assert (await sign_in(browser, username, password)).status_code == 303
         cookie = browser.cookies["uploader_session"]
     return cookie
 
 
 async def _signed_in_with(site: Any, cookie: str) -> bool:
-    async with httpx.AsyncClient(transport=site.client._transport, base_url="http://gateway",
-                                 cookies={"uploader_session": cookie}) as thief:
+    async with httpx.AsyncClient(
+        transport=site.client._transport,
+        base_url="http://gateway",
+        cookies={"uploader_session": cookie},
+    ) as thief:
         response = await thief.get("/api/me")
     return response.status_code == 200
 
 
 async def test_a_copied_cookie_stops_working_at_sign_out(site: Any) -> None:
-    async with httpx.AsyncClient(transport=site.client._transport,
-                                 base_url="http://gateway") as browser:
+    async with httpx.AsyncClient(
+        transport=site.client._transport, base_url="http://gateway"
+    ) as browser:
         await sign_in(browser, "camp", "pw-camp-1")
         copied = browser.cookies["uploader_session"]
         assert await _signed_in_with(site, copied)
@@ -294,8 +376,9 @@ async def test_a_password_change_deactivation_or_sign_out_everywhere_ends_sessio
 ) -> None:
     boss = site.auth("boss")
     first = await _cookie_after_sign_in(site, "camp", "pw-camp-1")
-    changed = await site.client.patch("/api/admin/users/camp", headers=boss,
-                                      json={"password": "a-new-pass-1"})
+    changed = await site.client.patch(
+        "/api/admin/users/camp", headers=boss, json={"password": "a-new-pass-1"}
+    )
     assert changed.status_code == 200
     assert not await _signed_in_with(site, first)
 
@@ -345,8 +428,11 @@ async def test_many_failures_from_one_address_lock_that_address_for_every_accoun
 async def test_tokens_are_listed_with_their_label_and_last_use_and_can_be_revoked(
     site: Any,
 ) -> None:
-    made = await site.client.post("/api/tokens", headers=site.auth("camp"),
-                                  json={"label": "camp laptop", "expires_in_days": 30})
+    made = await site.client.post(
+        "/api/tokens",
+        headers=site.auth("camp"),
+        json={"label": "camp laptop", "expires_in_days": 30},
+    )
     assert made.status_code == 201
     token, token_id = made.json()["token"], made.json()["token_id"]
     mine = {"Authorization": f"Bearer {token}"}
@@ -369,8 +455,12 @@ async def test_tokens_are_listed_with_their_label_and_last_use_and_can_be_revoke
 async def test_an_expired_token_no_longer_works(site: Any) -> None:
     token, info = await site.accounts.create_token("camp", expires_in_days=1)
     await site.docs.collection("api_tokens").update(
-        next(d["_id"] for d in await site.docs.collection("api_tokens").find(
-            {"token_id": info.token_id})), set={"expires_at": "2020-01-01T00:00:00+00:00"})
+        next(
+            d["_id"]
+            for d in await site.docs.collection("api_tokens").find({"token_id": info.token_id})
+        ),
+        set={"expires_at": "2020-01-01T00:00:00+00:00"},
+    )
     response = await site.client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
 
@@ -378,16 +468,14 @@ async def test_an_expired_token_no_longer_works(site: Any) -> None:
 async def test_the_account_page_shows_and_revokes_your_own_tokens(site: Any) -> None:
     await sign_in(site.client, "camp", "pw-camp-1")
     token = await page_csrf(site.client, "/account")
-    made = await site.client.post("/account/tokens", data={"csrf_token": token,
-                                                           "label": "script"})
+    made = await site.client.post("/account/tokens", data={"csrf_token": token, "label": "script"})
     assert made.status_code == 201
     new_token = re.search(r'id="new-token">([^<]+)<', made.text)
     assert new_token is not None and new_token.group(1).startswith("iu_")
     [info] = [t for t in await site.accounts.tokens("camp") if t.label == "script"]
     page = (await site.client.get("/account")).text
     assert info.token_id in page and new_token.group(1) not in page  # shown once only
-    await site.client.post(f"/account/tokens/{info.token_id}/revoke",
-                           data={"csrf_token": token})
+    await site.client.post(f"/account/tokens/{info.token_id}/revoke", data={"csrf_token": token})
     assert info.token_id not in {t.token_id for t in await site.accounts.tokens("camp")}
 
 
@@ -396,12 +484,20 @@ async def test_the_account_page_shows_and_revokes_your_own_tokens(site: Any) -> 
 
 async def test_a_form_with_too_many_or_too_large_fields_is_refused_clearly(site: Any) -> None:
     many = {f"f{i}": "x" for i in range(60)}
-    response = await site.client.post("/api/direct/upload", headers=site.auth("camp"),
-                                      data={**FORM, **many}, files=[("files", jpeg(40))])
+    response = await site.client.post(
+        "/api/direct/upload",
+        headers=site.auth("camp"),
+        data={**FORM, **many},
+        files=[("files", jpeg(40))],
+    )
     assert (response.status_code, response.json()["detail"]) == (400, TOO_MANY_FIELDS)
     large = {f"f{i}": "y" * 30_000 for i in range(3)}
-    response = await site.client.post("/api/direct/upload", headers=site.auth("camp"),
-                                      data={**FORM, **large}, files=[("files", jpeg(41))])
+    response = await site.client.post(
+        "/api/direct/upload",
+        headers=site.auth("camp"),
+        data={**FORM, **large},
+        files=[("files", jpeg(41))],
+    )
     assert (response.status_code, response.json()["detail"]) == (400, FIELDS_TOO_LARGE)
     assert await count_of(site, "camp") == 0
     login = await site.client.post("/login", data={f"f{i}": "x" for i in range(200)})
@@ -411,21 +507,30 @@ async def test_a_form_with_too_many_or_too_large_fields_is_refused_clearly(site:
 async def test_a_huge_boundary_is_a_bad_request_not_a_server_error(site: Any) -> None:
     boundary = "b" * 5000
     response = await site.client.post(
-        "/api/direct/upload", content=b"--" + boundary.encode() + b"--\r\n",
-        headers={**site.auth("camp"),
-                 "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        "/api/direct/upload",
+        content=b"--" + boundary.encode() + b"--\r\n",
+        headers={**site.auth("camp"), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert response.status_code == 400
     assert "boundary" in response.json()["detail"]
 
 
 async def test_an_absurd_quota_is_refused_as_invalid_not_a_server_error(site: Any) -> None:
     boss = site.auth("boss")
-    patched = await site.client.patch("/api/admin/users/camp", headers=boss,
-                                      json={"upload_quota": 99999999999999999999})
+    patched = await site.client.patch(
+        "/api/admin/users/camp", headers=boss, json={"upload_quota": 99999999999999999999}
+    )
     assert patched.status_code == 422
-    created = await site.client.post("/api/admin/users", headers=boss, json={
-        "username": "x1", "role": "uploader", "password": "long-enough-1",
-        "upload_quota": 99999999999999999999})
+    created = await site.client.post(
+        "/api/admin/users",
+        headers=boss,
+        json={
+            "username": "x1",
+            "role": "uploader",
+            "password": "long-enough-1",
+            "upload_quota": 99999999999999999999,
+        },
+    )
     assert created.status_code == 422
 
 
@@ -436,8 +541,10 @@ async def test_pages_carry_the_security_headers(site: Any) -> None:
     page = await site.client.get("/login")
     csp = page.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1] \
-        .split(";")[0]
+    assert (
+        "script-src 'self'" in csp
+        and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    )
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
@@ -446,8 +553,9 @@ async def test_pages_carry_the_security_headers(site: Any) -> None:
 
 
 async def test_cookies_are_secure_when_the_site_is_served_over_https(site: Any) -> None:
-    async with httpx.AsyncClient(transport=site.client._transport,
-                                 base_url="https://gateway") as browser:
+    async with httpx.AsyncClient(
+        transport=site.client._transport, base_url="https://gateway"
+    ) as browser:
         page = await browser.get("/login")
         assert "secure" in page.headers["set-cookie"].lower()
     plain = await site.client.get("/login")
@@ -466,12 +574,17 @@ async def test_a_request_body_that_stops_arriving_is_ended_with_408(tmp_path: Pa
     async with own_site(tmp_path, settings, objects=tmp_path / "objects") as site:
         client, accounts, token, _ = site
         response = await client.post(
-            "/api/direct/upload", content=trickle(),
-            headers={"Authorization": f"Bearer {token}",
-                     "Content-Type": "multipart/form-data; boundary=xYz1"})
+            "/api/direct/upload",
+            content=trickle(),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "multipart/form-data; boundary=xYz1",
+            },
+        )
         assert response.status_code == 408
         assert response.json()["detail"] == (
-            "The upload stalled: no data arrived for 0.5 seconds. Please try again.")
+            "The upload stalled: no data arrived for 0.5 seconds. Please try again."
+        )
         user = await accounts.get("camp")
         assert user is not None and user.file_upload_count == 0
 
@@ -480,19 +593,22 @@ async def test_a_request_body_that_stops_arriving_is_ended_with_408(tmp_path: Pa
 
 
 async def test_a_retired_camera_keeps_its_name_on_old_jobs(site: Any) -> None:
-    response = await site.client.post("/api/direct/upload", headers=site.auth("camp"),
-                                      data=FORM, files=[("files", jpeg(50))])
+    response = await site.client.post(
+        "/api/direct/upload", headers=site.auth("camp"), data=FORM, files=[("files", jpeg(50))]
+    )
     job_id = response.json()["job_id"]
-    retired = await site.client.delete("/api/admin/reference/cameras/remidio-fop",
-                                       headers=site.auth("boss"))
+    retired = await site.client.delete(
+        "/api/admin/reference/cameras/remidio-fop", headers=site.auth("boss")
+    )
     assert retired.status_code == 204
     await sign_in(site.client, "camp", "pw-camp-1")
     page = await site.client.get(f"/direct/upload/results/{job_id}")
     assert "Remidio Fundus on Phone" in page.text
     form = await site.client.get("/direct/upload")
     assert "Remidio Fundus on Phone" not in form.text  # no longer offered
-    again = await site.client.post("/api/direct/upload", headers=site.auth("camp"),
-                                   data=FORM, files=[("files", jpeg(51))])
+    again = await site.client.post(
+        "/api/direct/upload", headers=site.auth("camp"), data=FORM, files=[("files", jpeg(51))]
+    )
     assert again.status_code == 400
 
 

@@ -47,31 +47,40 @@ async def catalogue_image(event: ImageAnonymized, *, catalogue: Catalogue) -> Se
         event, ingested_at=existing.ingested_at if existing else utcnow().isoformat()
     )
     await catalogue.put(record)
-    await catalogue.enqueue(QueueEntry(
-        record_id=record.item_id,
-        job_id=record.job_id,
-        disease_id=record.disease_id,
-        hospital_id=record.hospital_id,
-        lab_unit_id=record.lab_unit_id,
-        queued_at=record.ingested_at,
-        needs_review=record.needs_review,
-    ))
+    await catalogue.enqueue(
+        QueueEntry(
+            record_id=record.item_id,
+            job_id=record.job_id,
+            disease_id=record.disease_id,
+            hospital_id=record.hospital_id,
+            lab_unit_id=record.lab_unit_id,
+            queued_at=record.ingested_at,
+            needs_review=record.needs_review,
+        )
+    )
     return [
-        Emit(INGESTED, Ingested(job_id=event.job_id, item_id=event.item_id,
-                                record_id=event.item_id, kind="image"), key=event.item_id),
+        Emit(
+            INGESTED,
+            Ingested(
+                job_id=event.job_id, item_id=event.item_id, record_id=event.item_id, kind="image"
+            ),
+            key=event.item_id,
+        ),
         emit_status(event, item_id=event.item_id, status="completed", service=NAME),
     ]
 
 
 async def file_report(event: ReportParsed, *, catalogue: Catalogue) -> Sequence[Emit]:
-    await catalogue.put_report(ReportRecord(
-        item_id=event.item_id,
-        job_id=event.job_id,
-        report_kind=event.report_kind,
-        method=event.method,
-        subject_id=event.subject_id,
-        findings=dict(event.findings),
-    ))
+    await catalogue.put_report(
+        ReportRecord(
+            item_id=event.item_id,
+            job_id=event.job_id,
+            report_kind=event.report_kind,
+            method=event.method,
+            subject_id=event.subject_id,
+            findings=dict(event.findings),
+        )
+    )
     return [emit_status(event, item_id=event.item_id, status="completed", service=NAME)]
 
 

@@ -38,8 +38,9 @@ def _apply_item(item: ItemState, event: ItemStatusChanged) -> ItemState:
     return item.model_copy(update=changes)
 
 
-def job_state(statuses: Iterable[ItemStatus], *, opened: bool = True
-              ) -> tuple[JobState, str | None]:
+def job_state(
+    statuses: Iterable[ItemStatus], *, opened: bool = True
+) -> tuple[JobState, str | None]:
     """A job's state and message from its items' statuses: the one place this is decided
     (the gateway asks it too, for a job the tracker has not seen yet)."""
     statuses = list(statuses)
@@ -60,8 +61,12 @@ def apply_event(current: JobStatus | None, event: Event) -> JobStatus:
     items = dict(doc.items)
     changes: dict[str, object] = {}
     if isinstance(event, JobOpened):
-        changes.update(opened=True, kind=event.kind, opened_at=event.opened_at.isoformat(),
-                       item_ids=tuple(dict.fromkeys([*doc.item_ids, *event.item_ids])))
+        changes.update(
+            opened=True,
+            kind=event.kind,
+            opened_at=event.opened_at.isoformat(),
+            item_ids=tuple(dict.fromkeys([*doc.item_ids, *event.item_ids])),
+        )
         for item_id in event.item_ids:
             items.setdefault(item_id, ItemState())
     elif isinstance(event, ItemStatusChanged):
@@ -78,13 +83,15 @@ def apply_event(current: JobStatus | None, event: Event) -> JobStatus:
             finished_at = max(finished) if finished else None
     else:
         finished_at = None
-    return doc.model_copy(update={
-        "status": state,
-        "message": message,
-        "total": len(statuses),
-        "completed_count": statuses.count("completed"),
-        "error_count": statuses.count("error"),
-        "processing_count": statuses.count("processing"),
-        "queued_count": statuses.count("queued"),
-        "finished_at": finished_at,
-    })
+    return doc.model_copy(
+        update={
+            "status": state,
+            "message": message,
+            "total": len(statuses),
+            "completed_count": statuses.count("completed"),
+            "error_count": statuses.count("error"),
+            "processing_count": statuses.count("processing"),
+            "queued_count": statuses.count("queued"),
+            "finished_at": finished_at,
+        }
+    )

@@ -55,16 +55,22 @@ def events_total(outcome: str) -> float:
 
 
 def envelope_bytes(event: Event) -> bytes:
-    return CloudEvent.new(source="/imaging-uploader/test", type=event.event_type,
-                          subject=event.job_id, data=event.model_dump(mode="json")).to_bytes()
+    return CloudEvent.new(
+        source="/imaging-uploader/test",
+        type=event.event_type,
+        subject=event.job_id,
+        data=event.model_dump(mode="json"),
+    ).to_bytes()
 
 
-def faust_event(value: bytes, *, key: str = "job", headers: Mapping[str, bytes] | None = None,
-                offset: int = 0) -> Any:
+def faust_event(
+    value: bytes, *, key: str = "job", headers: Mapping[str, bytes] | None = None, offset: int = 0
+) -> Any:
     """What the agent gets from faust: raw key and value, `{name: bytes}` headers, the message."""
     message = SimpleNamespace(topic=ITEM_STATUS, partition=0, offset=offset)
-    return SimpleNamespace(key=key.encode(), value=value, headers=dict(headers or {}),
-                           message=message)
+    return SimpleNamespace(
+        key=key.encode(), value=value, headers=dict(headers or {}), message=message
+    )
 
 
 @dataclass
@@ -96,23 +102,33 @@ async def docs(tmp_path: Path) -> AsyncIterator[SqliteDocuments]:
 
 
 def processor(docs: Any, bus: Any = None, **settings: Any) -> EventProcessor:
-    platform = Platform(settings=PlatformSettings(**settings), bus=bus or RecordingBus(),
-                        store=None, docs=docs)  # type: ignore[arg-type]
+    platform = Platform(
+        settings=PlatformSettings(**settings), bus=bus or RecordingBus(), store=None, docs=docs
+    )  # type: ignore[arg-type]
     return build_processor(SPEC, platform)
 
 
 # --- one processing step for both runners, in-process ----------------------------------------
 
 
-async def test_each_event_is_folded_into_its_jobs_status_document(docs: SqliteDocuments
-                                                                  ) -> None:
+async def test_each_event_is_folded_into_its_jobs_status_document(docs: SqliteDocuments) -> None:
     tracker = processor(docs)
     before = events_total("processed")
-    await tracker.process(delivery_of(faust_event(envelope_bytes(
-        JobOpened(job_id="job", kind="direct", item_ids=("a",))))))
-    await tracker.process(delivery_of(faust_event(envelope_bytes(
-        ItemStatusChanged(job_id="job", item_id="a", status="completed", service="t")),
-        offset=1)))
+    await tracker.process(
+        delivery_of(
+            faust_event(envelope_bytes(JobOpened(job_id="job", kind="direct", item_ids=("a",))))
+        )
+    )
+    await tracker.process(
+        delivery_of(
+            faust_event(
+                envelope_bytes(
+                    ItemStatusChanged(job_id="job", item_id="a", status="completed", service="t")
+                ),
+                offset=1,
+            )
+        )
+    )
     status = await JobStatuses(docs=docs).get("job")
     assert status is not None
     assert status.status == "done"
@@ -140,7 +156,8 @@ async def test_a_redelivered_event_is_folded_once(docs: SqliteDocuments) -> None
 
 
 async def test_a_failing_store_is_retried_then_the_event_goes_to_the_dead_letter_topic(
-    docs: SqliteDocuments, monkeypatch: pytest.MonkeyPatch,
+    docs: SqliteDocuments,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     attempts = 0
 
@@ -154,8 +171,9 @@ async def test_a_failing_store_is_retried_then_the_event_goes_to_the_dead_letter
     tracker = processor(docs, bus, max_attempts=3, retry_base_seconds=0)
     value = envelope_bytes(JobOpened(job_id="job-9", kind="direct", item_ids=("a",)))
     before = events_total("dead_lettered")
-    await tracker.process(delivery_of(
-        faust_event(value, key="job-9", headers={"traceparent": b"00-x"})))
+    await tracker.process(
+        delivery_of(faust_event(value, key="job-9", headers={"traceparent": b"00-x"}))
+    )
     assert attempts == 3
     assert events_total("dead_lettered") == before + 1
     [(topic, message)] = bus.published
@@ -179,8 +197,14 @@ async def test_processing_continues_the_publishers_trace_from_the_kafka_headers(
     monkeypatch.setattr("job_tracker.service.track", spy)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01".encode()}
-    await processor(docs).process(delivery_of(faust_event(envelope_bytes(
-        JobOpened(job_id="job", kind="direct", item_ids=("a",))), headers=headers)))
+    await processor(docs).process(
+        delivery_of(
+            faust_event(
+                envelope_bytes(JobOpened(job_id="job", kind="direct", item_ids=("a",))),
+                headers=headers,
+            )
+        )
+    )
     assert seen == [int(trace_id, 16)]
 
 
@@ -195,8 +219,13 @@ async def test_the_app_never_declares_topics_and_serves_health_on_the_settings_a
 ) -> None:
     from uploader.bootstrap import open_platform
 
-    settings = PlatformSettings(bus="kafka", kafka_bootstrap="127.0.0.1:1", http_host="127.0.0.2",
-                                http_port=18123, data_dir=tmp_path)
+    settings = PlatformSettings(
+        bus="kafka",
+        kafka_bootstrap="127.0.0.1:1",
+        http_host="127.0.0.2",
+        http_port=18123,
+        data_dir=tmp_path,
+    )
     platform = open_platform(settings)
     try:
         app = build_app(platform, build_processor(SPEC, platform))
@@ -241,14 +270,14 @@ class WorkerProcess:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while loop.time() < deadline:
                 if self.process.poll() is not None:
-                    pytest.fail(f"the worker exited with {self.process.returncode}:\n"
-                                f"{self.log_tail()}")
+                    pytest.fail(
+                        f"the worker exited with {self.process.returncode}:\n{self.log_tail()}"
+                    )
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get(self.url + "/readyz")).status_code == 200:
                         return
                 await asyncio.sleep(0.25)
-        pytest.fail(f"the worker was not ready within {READY_WITHIN_SECONDS}s:\n"
-                    f"{self.log_tail()}")
+        pytest.fail(f"the worker was not ready within {READY_WITHIN_SECONDS}s:\n{self.log_tail()}")
 
     async def stop(self) -> int:
         """SIGTERM, then the exit code (killed, and the test failed, if it takes too long)."""
@@ -259,8 +288,10 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-            pytest.fail(f"the worker did not stop within {STOP_WITHIN_SECONDS}s after SIGTERM:\n"
-                        f"{self.log_tail()}")
+            pytest.fail(
+                f"the worker did not stop within {STOP_WITHIN_SECONDS}s after SIGTERM:\n"
+                f"{self.log_tail()}"
+            )
         return self.process.returncode
 
 
@@ -285,9 +316,25 @@ class TrackerEnv:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "uploader", "run", "job-tracker", "--bus", "kafka",
-                 "--db", "mongo", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                [
+                    sys.executable,
+                    "-m",
+                    "uploader",
+                    "run",
+                    "job-tracker",
+                    "--bus",
+                    "kafka",
+                    "--db",
+                    "mongo",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
                 stderr=subprocess.STDOUT,
             )
         worker = WorkerProcess(process=process, port=port, log=log)
@@ -306,8 +353,12 @@ async def tracker_env(kafka_bootstrap: str, mongo_url: str, tmp_path: Path) -> T
         await bus.ensure_topics({ITEM_STATUS: 4})
     finally:
         await bus.close()
-    return TrackerEnv(kafka_bootstrap=kafka_bootstrap, mongo_url=mongo_url,
-                   database=unique("tracker").replace("-", "_"), workdir=tmp_path)
+    return TrackerEnv(
+        kafka_bootstrap=kafka_bootstrap,
+        mongo_url=mongo_url,
+        database=unique("tracker").replace("-", "_"),
+        workdir=tmp_path,
+    )
 
 
 @pytest.fixture
@@ -333,12 +384,18 @@ async def publish(bus: KafkaEventBus, *events: Event) -> None:
 
 
 def item(job_id: str, item_id: str, status: str, reason: str | None = None) -> ItemStatusChanged:
-    return ItemStatusChanged(job_id=job_id, item_id=item_id, status=status,  # type: ignore[arg-type]
-                             reason=reason, service="test")
+    return ItemStatusChanged(
+        job_id=job_id,
+        item_id=item_id,
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        service="test",
+    )
 
 
-async def wait_for_status(statuses: Collection, job_id: str, *wanted: str,
-                          within: float = 60.0) -> dict[str, Any]:
+async def wait_for_status(
+    statuses: Collection, job_id: str, *wanted: str, within: float = 60.0
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     doc = None
@@ -377,8 +434,10 @@ async def test_the_worker_tracks_jobs_from_kafka_into_mongodb_and_stops_on_sigte
             assert failed["items"]["b"]["reason"] == "Duplicate file"
 
             metrics = (await client.get("/metrics")).text
-            processed = (f'uploader_events_total{{outcome="processed",service="{NAME}",'
-                         f'topic="{ITEM_STATUS}"}}')
+            processed = (
+                f'uploader_events_total{{outcome="processed",service="{NAME}",'
+                f'topic="{ITEM_STATUS}"}}'
+            )
             assert processed in metrics
             assert 'outcome="dead_lettered"' in metrics  # the undecodable one, kept
         assert await worker.stop() == 0, worker.log_tail()

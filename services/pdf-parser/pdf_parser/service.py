@@ -40,12 +40,27 @@ async def parse_report(event: ArchiveEntryExtracted, *, store: ObjectStore) -> S
         text = await asyncio.to_thread(extract_text, data)
     except ObjectTooLarge:
         reason = "PDF report too large (max 64MB)"
-        return [emit_status(event, item_id=event.item_id, status="error", service=NAME,
-                            reason=reason, parent_item_id=event.archive_item_id)]
+        return [
+            emit_status(
+                event,
+                item_id=event.item_id,
+                status="error",
+                service=NAME,
+                reason=reason,
+                parent_item_id=event.archive_item_id,
+            )
+        ]
     except Exception:  # pdfminer raises many types for a broken file
-        return [emit_status(event, item_id=event.item_id, status="error", service=NAME,
-                            reason="PDF report could not be read",
-                            parent_item_id=event.archive_item_id)]
+        return [
+            emit_status(
+                event,
+                item_id=event.item_id,
+                status="error",
+                service=NAME,
+                reason="PDF report could not be read",
+                parent_item_id=event.archive_item_id,
+            )
+        ]
     parsed = ReportParsed(
         job_id=event.job_id,
         item_id=event.item_id,

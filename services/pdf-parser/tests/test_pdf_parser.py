@@ -10,21 +10,28 @@ from testkit.synthetic import text_pdf_bytes
 
 
 def test_the_text_layer_is_read_and_the_report_kind_recognised() -> None:
-    text = extract_text(text_pdf_bytes(["Diabetic Retinopathy Screening Report",
-                                        "Result: No DR"]))
+    text = extract_text(text_pdf_bytes(["Diabetic Retinopathy Screening Report", "Result: No DR"]))
     assert "Diabetic Retinopathy Screening Report" in text
     assert report_kind(text) == "dr"
     assert report_kind("GLAUCOMA screening") == "glaucoma"
     assert report_kind("something else") == "unknown"
 
 
-async def _entry(tmp_path: Path, data: bytes) -> tuple[FilesystemObjectStore,
-                                                          ArchiveEntryExtracted]:
+async def _entry(
+    tmp_path: Path, data: bytes
+) -> tuple[FilesystemObjectStore, ArchiveEntryExtracted]:
     store = FilesystemObjectStore(root=tmp_path)
     stored = await put_bytes(store, RAW, "job/arc/0", data, content_type="application/pdf")
-    entry = ArchiveEntryExtracted(job_id="job", archive_item_id="arc", item_id="e0",
-                                  entry_index=0, entry_kind="pdf", layout="generic",
-                                  object=to_ref(stored), uploader_id="u")
+    entry = ArchiveEntryExtracted(
+        job_id="job",
+        archive_item_id="arc",
+        item_id="e0",
+        entry_index=0,
+        entry_kind="pdf",
+        layout="generic",
+        object=to_ref(stored),
+        uploader_id="u",
+    )
     return store, entry
 
 

@@ -27,8 +27,9 @@ def archive(entries: dict[str, bytes]) -> bytes:
 async def extract(tmp_path: Path, data: bytes) -> tuple[FilesystemObjectStore, list[object]]:
     store = FilesystemObjectStore(root=tmp_path)
     stored = await put_bytes(store, RAW, "job/a1", data, content_type="application/zip")
-    event = UploadReceived(job_id="job", item_id="a1", kind="archive", object=to_ref(stored),
-                           uploader_id="u")
+    event = UploadReceived(
+        job_id="job", item_id="a1", kind="archive", object=to_ref(stored), uploader_id="u"
+    )
     return store, [e.event for e in await extract_archive(event, store=store)]
 
 
@@ -43,8 +44,9 @@ async def test_each_entry_is_stored_and_announced_and_the_archive_completes(
     tmp_path: Path,
 ) -> None:
     image, report = fundus_image(size=128, seed=1), text_pdf_bytes(["DR report"])
-    store, events = await extract(tmp_path, archive({"eye.jpg": image, "report.pdf": report,
-                                                     "notes.txt": b"hello"}))
+    store, events = await extract(
+        tmp_path, archive({"eye.jpg": image, "report.pdf": report, "notes.txt": b"hello"})
+    )
     entries = [e for e in events if isinstance(e, ArchiveEntryExtracted)]
     assert sorted(e.entry_kind for e in entries) == ["image", "pdf"]
     for entry in entries:
@@ -62,8 +64,9 @@ async def test_each_entry_is_stored_and_announced_and_the_archive_completes(
 async def test_an_entry_escaping_the_archive_is_rejected_and_the_rest_goes_on(
     tmp_path: Path,
 ) -> None:
-    _, events = await extract(tmp_path, archive({"../../etc/passwd": b"x",
-                                                 "ok.jpg": fundus_image(size=64)}))
+    _, events = await extract(
+        tmp_path, archive({"../../etc/passwd": b"x", "ok.jpg": fundus_image(size=64)})
+    )
     (summary,) = [e for e in events if isinstance(e, ArchiveExtracted)]
     assert [r.reason for r in summary.rejected] == ["Unsafe path in archive"]
     assert len([e for e in events if isinstance(e, ArchiveEntryExtracted)]) == 1

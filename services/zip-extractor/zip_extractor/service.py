@@ -31,8 +31,12 @@ NAME = "zip-extractor"
 CHUNK = 1024 * 1024
 MAX_ENTRY_BYTES = 512 * 1024 * 1024
 MAX_RATIO = 200  # uncompressed/compressed beyond this is treated as a zip bomb
-_KINDS = {"image/jpeg": "image", "image/png": "image", "application/pdf": "pdf",
-          "application/dicom": "dicom"}
+_KINDS = {
+    "image/jpeg": "image",
+    "image/png": "image",
+    "application/pdf": "pdf",
+    "application/dicom": "dicom",
+}
 
 
 def classify(head: bytes) -> tuple[str, str]:
@@ -80,8 +84,15 @@ async def extract_archive(event: UploadReceived, *, store: ObjectStore) -> Seque
             try:
                 archive = zipfile.ZipFile(spool)
             except zipfile.BadZipFile:
-                return [emit_status(event, item_id=event.item_id, status="error", service=NAME,
-                                    reason="Invalid ZIP archive")]
+                return [
+                    emit_status(
+                        event,
+                        item_id=event.item_id,
+                        status="error",
+                        service=NAME,
+                        reason="Invalid ZIP archive",
+                    )
+                ]
             with archive:
                 entries = [i for i in archive.infolist() if not i.is_dir()]
                 for index, info in enumerate(entries):
@@ -94,28 +105,64 @@ async def extract_archive(event: UploadReceived, *, store: ObjectStore) -> Seque
                         kind, mime = classify(head)
                         stored = await store.put(
                             # Every item's raw bytes live at {job}/{item}, children too.
-                            RAW, f"{event.job_id}/{child}",
-                            _entry_chunks(handle, head), content_type=mime,
+                            RAW,
+                            f"{event.job_id}/{child}",
+                            _entry_chunks(handle, head),
+                            content_type=mime,
                         )
-                    emits.append(emit_status(event, item_id=child, status="queued",
-                                             service=NAME, parent_item_id=event.item_id))
-                    if kind == "other":
-                        emits.append(emit_status(
-                            event, item_id=child, status="error", service=NAME,
+                    emits.append(
+                        emit_status(
+                            event,
+                            item_id=child,
+                            status="queued",
+                            service=NAME,
                             parent_item_id=event.item_id,
-                            reason=f"Unsupported file type in archive: {mime}"))
+                        )
+                    )
+                    if kind == "other":
+                        emits.append(
+                            emit_status(
+                                event,
+                                item_id=child,
+                                status="error",
+                                service=NAME,
+                                parent_item_id=event.item_id,
+                                reason=f"Unsupported file type in archive: {mime}",
+                            )
+                        )
                         continue
-                    emits.append(Emit(ARCHIVE_ENTRIES, ArchiveEntryExtracted(
-                        job_id=event.job_id, archive_item_id=event.item_id, item_id=child,
-                        entry_index=index, entry_kind=kind,  # type: ignore[arg-type]
-                        layout="generic", object=to_ref(stored),
-                        uploader_id=event.uploader_id, metadata=event.metadata,
-                    ), key=child))
+                    emits.append(
+                        Emit(
+                            ARCHIVE_ENTRIES,
+                            ArchiveEntryExtracted(
+                                job_id=event.job_id,
+                                archive_item_id=event.item_id,
+                                item_id=child,
+                                entry_index=index,
+                                entry_kind=kind,  # type: ignore[arg-type]
+                                layout="generic",
+                                object=to_ref(stored),
+                                uploader_id=event.uploader_id,
+                                metadata=event.metadata,
+                            ),
+                            key=child,
+                        )
+                    )
     finally:
         os.unlink(tmp)
-    emits.append(Emit(ARCHIVES_EXTRACTED, ArchiveExtracted(
-        job_id=event.job_id, item_id=event.item_id, layout="generic",
-        entry_count=len(entries), rejected=tuple(rejected)), key=event.item_id))
+    emits.append(
+        Emit(
+            ARCHIVES_EXTRACTED,
+            ArchiveExtracted(
+                job_id=event.job_id,
+                item_id=event.item_id,
+                layout="generic",
+                entry_count=len(entries),
+                rejected=tuple(rejected),
+            ),
+            key=event.item_id,
+        )
+    )
     emits.append(emit_status(event, item_id=event.item_id, status="completed", service=NAME))
     return emits
 
