@@ -9,6 +9,7 @@ run: setup
 
 test: setup-test engines
 	uv run ruff check .
+	uv run ruff format --check .
 	uv run mypy
 	uv run pytest
 
@@ -33,6 +34,7 @@ docs:
 bench: setup-test engines
 	uv run python bench/streaming_upload.py
 	uv run python bench/direct_pipeline.py
+	uv run python bench/read_scale.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
