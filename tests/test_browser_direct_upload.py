@@ -205,7 +205,7 @@ def test_direct_upload_in_a_real_browser_reports_each_failure_exactly(
                     "OD_0001_copy.jpg",
                 ]
             )
-            expect(rows.nth(2)).to_contain_text("Too large (max 5MB)")
+            expect(rows.nth(2)).to_contain_text("File too large (max 5MB): will be refused")
             expect(page.locator("#file-summary")).to_contain_text("5 files chosen")
             page.screenshot(path=str(shots / "02-upload-form.png"), full_page=True)
 

@@ -96,7 +96,7 @@
   }
 
   function problemOf(file) {
-    if (file.size > config.max_bytes) return "Too large (max " + config.max_size_label + "): will be refused";
+    if (file.size > config.max_bytes) return MESSAGES.too_large + ": will be refused";
     if (!looksLikeImage(file)) return "Not a JPG/PNG: will be refused";
     return "";
   }
@@ -161,7 +161,7 @@
     }
     if (files.length > config.remaining) {
       messages.push("Your remaining quota is " + config.remaining + " images: files beyond it " +
-        "will be refused with \u201cUpload quota exceeded\u201d. Ask your administrator for more.");
+        "will be refused with \u201c" + MESSAGES.quota_exceeded + "\u201d. Ask your administrator for more.");
     }
     notes.innerHTML = "";
     messages.forEach(function (text) {
