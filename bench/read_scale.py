@@ -4,9 +4,10 @@ Seeds the read models through the adapters (catalogue records, open grading-queu
 job records and job statuses: 10 images a job, three lab units, two uploaders), then asks
 each endpoint the way the pages do, in process (httpx over ASGI: the app and the adapters,
 no network). Prints each endpoint's p50 and p95 per size, the ratio of 100k to 1k (goal:
-<= 1.5) and whether p95 at 100k is under 50 ms; then, at the largest size, a one-image
-upload's p95 alone and while two clients poll the grading queue (a slow read must not stall
-writes), as a ratio of the two.
+<= 1.5) and whether p95 at 100k is under 50 ms. Then, at the largest size, `uploader serve`
+runs on the seeded data and a one-image upload's p95 is measured alone and while two other
+processes poll the grading queue as fast as they can (a slow read must not stall writes), as
+a ratio of the two.
 Run: uv run python bench/read_scale.py [--sizes 1000 10000 100000] [--repeat 60]
 """
 
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,6 +35,7 @@ from gateway.settings import GatewaySettings
 from ingest.read_model import CATALOGUE, GRADING_QUEUE, CatalogueRecord, QueueEntry
 from job_tracker.read_model import COLLECTION as JOB_STATUS
 from job_tracker.read_model import ItemState, JobStatus
+from testkit.harness import start_process, uploader_env
 from testkit.synthetic import fundus_image
 from uploader.bootstrap import SPECS, open_platform, prepare
 
@@ -43,7 +46,7 @@ HOSPITAL = {
     "riverside-outpatient": "riverside-eye",
 }
 DISEASES = ("dr", "glaucoma", "amd")
-PER_JOB = 10
+PER_JOB = 5  # 200 jobs at 1k: a full page of 100 for each uploader at every size
 BATCH = 2000
 GOAL_RATIO, GOAL_P95_MS = 1.5, 50.0
 
@@ -174,35 +177,57 @@ async def measure(
     return out
 
 
-async def upload_p95(
-    client: httpx.AsyncClient, headers: dict[str, str], *, count: int, seed: int
-) -> float:
-    form = {
-        "hospital": "city-general",
-        "lab_unit": "city-retina-clinic",
-        "camera": "remidio-fop",
-        "disease": "dr",
-        "area": "left-eye",
-        "mydriatic": "false",
-    }
+FORM = {
+    "hospital": "city-general",
+    "lab_unit": "city-retina-clinic",
+    "camera": "remidio-fop",
+    "disease": "dr",
+    "area": "left-eye",
+    "mydriatic": "false",
+}
+POLLER = """
+import sys, httpx
+url, token = sys.argv[1], sys.argv[2]
+with httpx.Client(headers={"Authorization": "Bearer " + token}, timeout=60) as client:
+    while True:
+        client.get(url + "/api/grading/queue?limit=100").raise_for_status()
+"""
+
+
+def upload_p95(url: str, token: str, *, count: int, seed: int) -> float:
     samples = []
-    for i in range(count):
-        image = fundus_image(size=256, seed=seed + i)
-        started = time.perf_counter()
-        response = await client.post(
-            "/api/direct/upload",
-            headers=headers,
-            data=form,
-            files=[("files", (f"u{i}.jpg", image, "image/jpeg"))],
-        )
-        samples.append((time.perf_counter() - started) * 1000)
-        assert response.status_code == 201 and not response.json()["rejected"], response.text
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        for i in range(count):
+            image = fundus_image(size=256, seed=seed + i)
+            started = time.perf_counter()
+            response = client.post(
+                url + "/api/direct/upload",
+                data=FORM,
+                files=[("files", (f"u{i}.jpg", image, "image/jpeg"))],
+            )
+            samples.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 201 and not response.json()["rejected"], response.text
     return percentile(samples, 0.95)
 
 
-async def poll_forever(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    while True:
-        await client.get("/api/grading/queue?limit=100", headers=headers)
+def contention(data_dir: Path, token: str, *, count: int) -> tuple[float, float]:
+    """Upload p95 against a real `uploader serve`, alone and with two polling processes."""
+    env = uploader_env(data_dir, {"MAX_FILES_PER_UPLOAD": "1000000"})
+    server = start_process("serve", ["serve"], env=env, log_dir=data_dir)
+    pollers: list[subprocess.Popen[bytes]] = []
+    try:
+        alone = upload_p95(server.url, token, count=count, seed=1)
+        pollers = [
+            subprocess.Popen([sys.executable, "-c", POLLER, server.url, token]) for _ in range(2)
+        ]
+        time.sleep(2)  # both polling at full speed
+        busy = upload_p95(server.url, token, count=count, seed=10_000)
+    finally:
+        for poller in pollers:
+            poller.kill()
+            poller.wait()
+        server.stop()
+    return alone, busy
 
 
 async def run(sizes: Sequence[int], repeat: int) -> None:
@@ -248,17 +273,8 @@ async def run(sizes: Sequence[int], repeat: int) -> None:
                 results[size] = await measure(
                     client, endpoints, repeat=repeat, jobs=size // PER_JOB
                 )
-            largest = max(sizes)
-            alone = await upload_p95(client, auth["camp"], count=30, seed=1)
-            pollers = [asyncio.create_task(poll_forever(client, auth["boss"])) for _ in range(2)]
-            try:
-                busy = await upload_p95(client, auth["camp"], count=30, seed=100)
-            finally:
-                for task in pollers:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
         await platform.close()
+        alone, busy = contention(Path(tmp), tokens["camp"], count=40)
 
     smallest, largest = min(sizes), max(sizes)
     print(
@@ -280,7 +296,7 @@ async def run(sizes: Sequence[int], repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    parser.add_argument("--repeat", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
     asyncio.run(run(sorted(args.sizes), args.repeat))
 

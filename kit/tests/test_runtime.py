@@ -308,8 +308,8 @@ async def test_stopping_during_an_outage_releases_the_event_instead_of_losing_it
     stopping = asyncio.Event()
     processor = EventProcessor(
         name="svc",
-        bus=down,
-        ledger=docs.collection("ledger"),  # type: ignore[arg-type]
+        bus=down,  # type: ignore[arg-type]
+        ledger=docs.collection("ledger"),
         routes={WORK: Route(handler)},
         max_attempts=1,
         retry_base_seconds=0.001,

@@ -364,6 +364,7 @@ def _job_record(upload: _Upload, *, metadata: DirectUploadMetadata, audit: Audit
             )
             for i in upload.items
         ),
+        item_count=len(upload.items),
         rejected_count=sum(1 for i in upload.items if i.reason),
     )
 

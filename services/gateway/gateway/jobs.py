@@ -6,23 +6,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from contracts.events import DirectUploadMetadata, ObjectRef
+from contracts.events import DirectUploadMetadata, ItemStatus, ObjectRef
 from gateway.access import Access
-from job_tracker.read_model import ItemState, JobStatus, JobStatuses
+from job_tracker.read_model import ItemState, JobStatus, JobStatuses, JobSummary
 from job_tracker.status import job_state
 from kit.ports import Documents, Index, Range
 
 __all__ = [
     "INDEXES",
     "JOBS",
+    "JobHeader",
     "JobItem",
     "JobRecord",
     "JobRecords",
     "find_job_view",
     "job_view",
     "recent_jobs",
+    "summary_view",
 ]
 
 JOBS = "jobs"
@@ -47,9 +49,8 @@ class JobItem(BaseModel):
     rejected_reason: str | None = None
 
 
-class JobRecord(BaseModel):
-    """One submission as received. Written once, when the job opens; filenames may hold a
-    patient's name, so this never leaves the gateway (events carry item ids only)."""
+class JobHeader(BaseModel):
+    """A job record without its items: what lists of jobs need."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -60,10 +61,25 @@ class JobRecord(BaseModel):
     user_agent: str | None = None
     created_at: str
     metadata: DirectUploadMetadata | None = None
-    items: tuple[JobItem, ...] = ()
+    item_count: int = 0
     rejected_count: int = 0
     # The outbox flag: False until every event of the job is published (see `announce_job`).
     announced: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_items(cls, data: Any) -> Any:
+        # Records written before `item_count` existed: counted from their items.
+        if isinstance(data, dict) and "item_count" not in data:
+            return {**data, "item_count": len(data.get("items") or ())}
+        return data
+
+
+class JobRecord(JobHeader):
+    """One submission as received. Written once, when the job opens; filenames may hold a
+    patient's name, so this never leaves the gateway (events carry item ids only)."""
+
+    items: tuple[JobItem, ...] = ()
 
     def item(self, item_id: str) -> JobItem | None:
         return next((i for i in self.items if i.item_id == item_id), None)
@@ -94,10 +110,10 @@ class JobRecords:
         )
         return [JobRecord.model_validate(doc) for doc in docs]
 
-    async def recent(self, *, uploader: str | None, limit: int) -> list[JobRecord]:
+    async def recent(self, *, uploader: str | None, limit: int) -> list[JobHeader]:
         where = {} if uploader is None else {"uploader": uploader}
         docs = await self._collection.find(where, sort=[("created_at", -1)], limit=limit)
-        return [JobRecord.model_validate(doc) for doc in docs]
+        return [JobHeader.model_validate(doc) for doc in docs]
 
 
 def _provisional(entry: JobItem) -> ItemState:
@@ -107,10 +123,8 @@ def _provisional(entry: JobItem) -> ItemState:
     )
 
 
-def job_view(
-    job: JobRecord, status: JobStatus | None, *, include_ip: bool, include_items: bool = True
-) -> dict[str, Any]:
-    """What the status API answers and the pages show for one job."""
+def job_view(job: JobRecord, status: JobStatus | None, *, include_ip: bool) -> dict[str, Any]:
+    """What the status API answers and the pages show for one job, file by file."""
     tracked = status.items if status is not None else {}
     items: list[dict[str, Any]] = []
     for entry in job.items:
@@ -132,7 +146,41 @@ def job_view(
         state_name, message = status.status, status.message
     else:  # not seen by the tracker yet: derived the tracker's way from what is known
         state_name, message = job_state([i["status"] for i in items])
-    total = len(items)
+    view = _header_view(job, state_name, message, counts, status, include_ip=include_ip)
+    view["items"] = items
+    return view
+
+
+def summary_view(job: JobHeader, summary: JobSummary | None, *, include_ip: bool) -> dict[str, Any]:
+    """A job in a list: the fields of `job_view` without the files, from the tracker's counts
+    (or, before the tracker has seen it, from what was refused at the door)."""
+    if summary is not None and summary.opened:
+        counts = {
+            "queued": summary.queued_count,
+            "processing": summary.processing_count,
+            "completed": summary.completed_count,
+            "error": summary.error_count,
+        }
+        state_name, message = summary.status, summary.message
+    else:
+        waiting = job.item_count - job.rejected_count
+        counts = {"queued": waiting, "processing": 0, "completed": 0, "error": job.rejected_count}
+        refused: list[ItemStatus] = ["error"] * job.rejected_count
+        queued: list[ItemStatus] = ["queued"] * waiting
+        state_name, message = job_state(refused + queued)
+    return _header_view(job, state_name, message, counts, summary, include_ip=include_ip)
+
+
+def _header_view(
+    job: JobHeader,
+    state_name: str,
+    message: str | None,
+    counts: dict[str, int],
+    status: JobSummary | None,
+    *,
+    include_ip: bool,
+) -> dict[str, Any]:
+    total = sum(counts.values())
     finished = counts["completed"] + counts["error"]
     view: dict[str, Any] = {
         "job_id": job.job_id,
@@ -156,8 +204,6 @@ def job_view(
         "rejected_count": job.rejected_count,
         "progress": round(100 * finished / total) if total else 100,
     }
-    if include_items:
-        view["items"] = items
     if include_ip:
         view["ip"] = job.ip
     return view
@@ -177,11 +223,9 @@ async def recent_jobs(*, docs: Documents, access: Access, limit: int = 100) -> l
     """The most recent jobs the viewer may list (see `Access.lists_jobs_of`), with their
     statuses fetched in one query."""
     records = await JobRecords(docs=docs).recent(uploader=access.lists_jobs_of(), limit=limit)
-    statuses = await JobStatuses(docs=docs).get_many(r.job_id for r in records)
+    summaries = await JobStatuses(docs=docs).summaries(r.job_id for r in records)
     return [
-        job_view(
-            r, statuses.get(r.job_id), include_ip=access.sees_audit_details, include_items=False
-        )
+        summary_view(r, summaries.get(r.job_id), include_ip=access.sees_audit_details)
         for r in records
     ]
 

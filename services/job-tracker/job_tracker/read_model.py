@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.events import ItemStatus
 from kit.ports import AnyOf, Documents
 
-__all__ = ["COLLECTION", "ItemState", "JobState", "JobStatus", "JobStatuses"]
+__all__ = ["COLLECTION", "ItemState", "JobState", "JobStatus", "JobStatuses", "JobSummary"]
 
 COLLECTION = "job_status"
 JobState = Literal["queued", "processing", "done", "error"]
@@ -31,18 +31,14 @@ class ItemState(BaseModel):
     parent_item_id: str | None = None
 
 
-class JobStatus(BaseModel):
-    """What the tracker knows of one job: every item's state, and the job's, derived from
-    them (`job_tracker.status.job_state`, the only place that derives it)."""
+class JobSummary(BaseModel):
+    """A job's state and counts without its items: what lists of jobs need (reading it skips
+    the items, the bulk of the document)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     job_id: str
-    kind: str | None = None
-    item_ids: tuple[str, ...] = ()
-    items: dict[str, ItemState] = Field(default_factory=dict)
     opened: bool = False
-    opened_at: str | None = None
     status: JobState = "queued"
     message: str | None = None
     total: int = 0
@@ -51,6 +47,16 @@ class JobStatus(BaseModel):
     processing_count: int = 0
     queued_count: int = 0
     finished_at: str | None = None
+
+
+class JobStatus(JobSummary):
+    """What the tracker knows of one job: every item's state, and the job's, derived from
+    them (`job_tracker.status.job_state`, the only place that derives it)."""
+
+    kind: str | None = None
+    item_ids: tuple[str, ...] = ()
+    items: dict[str, ItemState] = Field(default_factory=dict)
+    opened_at: str | None = None
 
     def all_item_ids(self) -> list[str]:
         """The job's own items in order, then items only seen in status events (archive
@@ -71,12 +77,13 @@ class JobStatuses:
         doc = await self._collection.get(job_id)
         return None if doc is None else JobStatus.model_validate(doc)
 
-    async def get_many(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
+    async def summaries(self, job_ids: Iterable[str]) -> dict[str, JobSummary]:
+        """The summaries of many jobs, in one query."""
         wanted = list(dict.fromkeys(job_ids))
         if not wanted:
             return {}
         docs = await self._collection.find({"_id": AnyOf(wanted)})
-        return {doc["_id"]: JobStatus.model_validate(doc) for doc in docs}
+        return {doc["_id"]: JobSummary.model_validate(doc) for doc in docs}
 
     async def put(self, status: JobStatus) -> None:
         await self._collection.put({"_id": status.job_id, **status.model_dump(mode="json")})
