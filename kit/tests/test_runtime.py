@@ -347,3 +347,27 @@ def test_a_message_repeated_during_an_outage_is_logged_once_per_interval() -> No
 
     assert [once.filter(record("aiokafka.conn")) for _ in range(100)].count(True) == 1
     assert once.filter(record("gateway"))  # our own messages always pass
+
+
+async def test_an_idempotent_route_keeps_no_ledger(
+    bus: SqliteEventBus, docs: SqliteDocuments
+) -> None:
+    calls: list[Event] = []
+
+    async def fold(event: Event) -> Sequence[Emit]:
+        calls.append(event)
+        return ()
+
+    await publish_events(bus, [Emit(WORK, ingested())], source="test", caused_by="same")
+    await publish_events(bus, [Emit(WORK, ingested())], source="test", caused_by="same")
+    runner = ServiceRunner(
+        processor=EventProcessor(
+            name="tracker",
+            bus=bus,
+            ledger=docs.collection("ledger"),
+            routes={WORK: Route(fold, idempotent=True)},
+        )
+    )
+    await run_until([runner], lambda: len(calls) >= 2)
+    assert len(calls) == 2  # handed both copies: the handler's own idempotency decides
+    assert await docs.collection("ledger").count() == 0

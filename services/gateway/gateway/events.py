@@ -35,4 +35,5 @@ def routes(platform: Platform) -> dict[str, Route]:
     async def on_status(event: Event) -> Sequence[Emit]:
         return await release_failed_file(event, jobs=jobs, intake=intake)
 
-    return {ITEM_STATUS: Route(on_status)}
+    # Giving back is idempotent (the claim's deletion decides who gives the quota back).
+    return {ITEM_STATUS: Route(on_status, idempotent=True)}

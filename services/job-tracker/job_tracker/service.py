@@ -29,4 +29,6 @@ def routes(*, docs: Documents) -> dict[str, Route]:
     async def handle(event: Event) -> Sequence[Emit]:
         return await track(event, statuses=statuses)
 
-    return {ITEM_STATUS: Route(handle)}
+    # The fold is idempotent (statuses only move forward; a terminal one is replaced only by a
+    # later one), so the runtime keeps no ledger for it.
+    return {ITEM_STATUS: Route(handle, idempotent=True)}
