@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.accounts import ApiToken, User
-from gateway.deps import SESSION_ID, CurrentUser, Gateway, GatewayDep, OptionalUser, client_address
+from gateway.deps import SESSION_ID, CurrentUser, Gateway, GatewayDep, OptionalUser
 from gateway.errors import GatewayError
 from gateway.forms import small_form
 from gateway.pages import flash, login_redirect, render
@@ -61,12 +61,11 @@ async def create_token(
     token, info = await gateway.accounts.create_token(
         owner, label=label, expires_in_days=expires_in_days
     )
-    await gateway.audit.record(
+    await gateway.audit_request(
+        request,
         "token_created",
         actor=by.username,
         subject=owner,
-        ip=client_address(request),
-        user_agent=request.headers.get("user-agent"),
         token_id=info.token_id,
     )
     return token, info
@@ -78,12 +77,11 @@ async def revoke_token(gateway: Gateway, request: Request, *, by: User, token_id
     if token is None or (token.username != by.username and not by.is_admin):
         raise GatewayError(NO_SUCH_TOKEN, status_code=404)
     await gateway.accounts.revoke_token(token_id)
-    await gateway.audit.record(
+    await gateway.audit_request(
+        request,
         "token_revoked",
         actor=by.username,
         subject=token.username,
-        ip=client_address(request),
-        user_agent=request.headers.get("user-agent"),
         token_id=token_id,
     )
     return token.username
@@ -231,12 +229,11 @@ async def account_password(request: Request, gateway: GatewayDep, user: Optional
         await gateway.sessions.end_all(
             user.username, except_session=session_id if isinstance(session_id, str) else None
         )
-        await gateway.audit.record(
+        await gateway.audit_request(
+            request,
             "password_changed",
             actor=user.username,
             subject=user.username,
-            ip=client_address(request),
-            user_agent=request.headers.get("user-agent"),
         )
         flash(request, "Your password was changed; you were signed out everywhere else.")
     return RedirectResponse("/account", status.HTTP_303_SEE_OTHER)
@@ -252,12 +249,11 @@ async def account_end_other_sessions(
     ended = await gateway.sessions.end_all(
         user.username, except_session=session_id if isinstance(session_id, str) else None
     )
-    await gateway.audit.record(
+    await gateway.audit_request(
+        request,
         "signed_out_elsewhere",
         actor=user.username,
         subject=user.username,
-        ip=client_address(request),
-        user_agent=request.headers.get("user-agent"),
         sessions=ended,
     )
     flash(request, f"Signed out of {ended} other session{'s' if ended != 1 else ''}.")

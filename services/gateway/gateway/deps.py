@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 
@@ -43,6 +43,15 @@ class Gateway:
     sessions: Sessions
     audit: AuditLog
     throttle: SignInThrottle
+
+    async def audit_request(self, request: Request, action: str, **fields: Any) -> None:
+        """Record `action` in the audit log, with the address and browser it came from."""
+        await self.audit.record(
+            action,
+            ip=client_address(request),
+            user_agent=request.headers.get("user-agent"),
+            **fields,
+        )
 
 
 def _gateway(request: Request) -> Gateway:

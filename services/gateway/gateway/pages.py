@@ -242,12 +242,8 @@ async def login(request: Request, gateway: GatewayDep) -> Response:
     try:
         await gateway.throttle.check(username, client)
     except TooManySignIns as locked:
-        await gateway.audit.record(
-            "sign_in_refused",
-            subject=username.lower(),
-            ip=client,
-            user_agent=user_agent,
-            reason="locked",
+        await gateway.audit_request(
+            request, "sign_in_refused", subject=username.lower(), reason="locked"
         )
         return render(
             request,
@@ -260,9 +256,7 @@ async def login(request: Request, gateway: GatewayDep) -> Response:
     user = await gateway.accounts.authenticate(username, password)
     if user is None:
         await gateway.throttle.failed(username, client)
-        await gateway.audit.record(
-            "sign_in_failed", subject=username.lower(), ip=client, user_agent=user_agent
-        )
+        await gateway.audit_request(request, "sign_in_failed", subject=username.lower())
         return render(
             request,
             "login.html",
@@ -276,7 +270,7 @@ async def login(request: Request, gateway: GatewayDep) -> Response:
         user.username, ip=client, user_agent=user_agent
     )
     new_csrf_token(request)
-    await gateway.audit.record("signed_in", actor=user.username, ip=client, user_agent=user_agent)
+    await gateway.audit_request(request, "signed_in", actor=user.username)
     return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
 
 
@@ -286,11 +280,10 @@ async def logout(request: Request, gateway: GatewayDep, user: OptionalUser) -> R
     if isinstance(session_id, str):
         await gateway.sessions.end(session_id)  # a copy of the cookie is worth nothing now
     if user is not None:
-        await gateway.audit.record(
+        await gateway.audit_request(
+            request,
             "signed_out",
             actor=user.username,
-            ip=client_address(request),
-            user_agent=request.headers.get("user-agent"),
         )
     request.session.clear()
     new_csrf_token(request)
