@@ -25,7 +25,16 @@ from job_tracker.spec import SPEC as JOB_TRACKER
 from kit.health import ops_app
 from kit.http_server import Server
 from kit.http_server import server as http_server
-from kit.ports import Documents, EventBus, ObjectStore, Range, RetentionPolicy
+from kit.phi import load_subject_key
+from kit.ports import (
+    Documents,
+    EventBus,
+    MalwareScanner,
+    NoScanner,
+    ObjectStore,
+    Range,
+    RetentionPolicy,
+)
 from kit.runtime import LEDGER_COLLECTION, LEDGER_INDEXES, ServiceRunner
 from kit.service import Platform, ServiceSpec, build_processor
 from kit.settings import PlatformSettings
@@ -116,7 +125,21 @@ def open_platform(settings: PlatformSettings, *, client_id: str = "uploader") ->
         from kit.docs_sqlite import SqliteDocuments
 
         docs = SqliteDocuments(path=data / "documents.sqlite3")
-    return Platform(settings=settings, bus=bus, store=store, docs=docs)
+    scanner: MalwareScanner = NoScanner()
+    if settings.clamd_address:
+        from kit.scanner_clamd import ClamdScanner
+
+        scanner = ClamdScanner(
+            address=settings.clamd_address, timeout=settings.clamd_timeout_seconds
+        )
+    return Platform(
+        settings=settings,
+        bus=bus,
+        store=store,
+        docs=docs,
+        scanner=scanner,
+        subject_key=load_subject_key(settings.subject_key, data),
+    )
 
 
 def runner(name: str, platform: Platform) -> ServiceRunner:

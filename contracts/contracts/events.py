@@ -17,8 +17,10 @@ __all__ = [
     "EVENT_TYPES",
     "ArchiveEntryExtracted",
     "ArchiveExtracted",
+    "ArchiveUploadMetadata",
     "DicomAnonymized",
     "DirectUploadMetadata",
+    "EncounterRef",
     "Event",
     "ImageAnonymized",
     "Ingested",
@@ -29,8 +31,11 @@ __all__ = [
     "PipelineRunFinished",
     "PipelineRunStarted",
     "RejectedEntry",
+    "ReportField",
     "ReportParsed",
+    "ReportTile",
     "UnknownEventType",
+    "UploadMetadata",
     "UploadReceived",
     "decode",
     "encode",
@@ -67,6 +72,45 @@ class DirectUploadMetadata(_Frozen):
     mydriatic: bool
 
 
+class ArchiveUploadMetadata(_Frozen):
+    """What the ZIP upload form asks: where the archive's visits took place."""
+
+    hospital_id: str
+    lab_unit_id: str
+
+
+# Direct uploads name all six fields; archives only the hospital and lab unit.
+UploadMetadata = DirectUploadMetadata | ArchiveUploadMetadata
+
+
+class EncounterRef(_Frozen):
+    """One patient visit found in an archive (a Remidio patient folder), pseudonymous: the
+    name and MRN behind `subject_id` live only in the PHI vault."""
+
+    encounter_id: str
+    subject_id: str
+    capture_date: str | None = None  # ISO date of the visit, from the folder's name
+
+
+class ReportField(_Frozen):
+    """One value read from a report, with how sure the reader is of it (0-1). A value the
+    reader could not trust is None with `needs_review` set, never a guess."""
+
+    value: str | int | float | bool | tuple[str, ...] | None = None
+    confidence: float = Field(default=0.0, ge=0, le=1)
+    needs_review: bool = False
+
+
+class ReportTile(_Frozen):
+    """An image tile printed in a report: its eye badge and a perceptual hash of its pixels
+    (64-bit, hex), to find the capture it shows."""
+
+    page: int = Field(ge=1)
+    eye: Literal["RE", "LE"] | None = None
+    phash: str
+    confidence: float = Field(default=0.0, ge=0, le=1)
+
+
 class RejectedEntry(_Frozen):
     entry_index: int
     reason: str
@@ -83,17 +127,17 @@ class Event(_Frozen):
 
 
 class UploadReceived(Event):
-    event_type: ClassVar[str] = TYPE_PREFIX + "upload.received.v1"
+    event_type: ClassVar[str] = TYPE_PREFIX + "upload.received.v2"
     item_id: str
     kind: UploadKind
     object: ObjectRef
     uploader_id: str
-    metadata: DirectUploadMetadata | None = None
+    metadata: UploadMetadata | None = None
     received_at: datetime = Field(default_factory=utcnow)
 
 
 class ArchiveEntryExtracted(Event):
-    event_type: ClassVar[str] = TYPE_PREFIX + "archive.entry.extracted.v1"
+    event_type: ClassVar[str] = TYPE_PREFIX + "archive.entry.extracted.v2"
     archive_item_id: str
     item_id: str
     entry_index: int = Field(ge=0)
@@ -101,28 +145,47 @@ class ArchiveEntryExtracted(Event):
     layout: str
     object: ObjectRef
     uploader_id: str
-    metadata: DirectUploadMetadata | None = None
+    metadata: UploadMetadata | None = None
+    encounter: EncounterRef | None = None
+    # Local capture time from the entry's name (Remidio: "0.02.16.099_PM"), ISO without zone.
+    captured_at: str | None = None
 
 
 class ArchiveExtracted(Event):
-    event_type: ClassVar[str] = TYPE_PREFIX + "archive.extracted.v1"
+    event_type: ClassVar[str] = TYPE_PREFIX + "archive.extracted.v2"
     item_id: str
     layout: str
     entry_count: int = Field(ge=0)
     rejected: tuple[RejectedEntry, ...] = ()
+    # The people and visits found (pseudonymous); the gateway redacts its own records of
+    # the archive (its file name can hold an MRN) once these are known.
+    subject_ids: tuple[str, ...] = ()
+    encounters: tuple[EncounterRef, ...] = ()
+    ignored_count: int = Field(default=0, ge=0)  # __MACOSX/, ._* and the like
+    reason: str | None = None  # what was wrong with the archive as a whole, if anything
 
 
 class ReportParsed(Event):
-    event_type: ClassVar[str] = TYPE_PREFIX + "report.parsed.v1"
+    event_type: ClassVar[str] = TYPE_PREFIX + "report.parsed.v2"
     item_id: str
-    report_kind: Literal["dr", "glaucoma", "unknown"]
+    report_kind: Literal["dr", "glaucoma", "combined", "unknown"]
     method: Literal["text", "ocr"]
     subject_id: str | None = None
-    findings: dict[str, str] = Field(default_factory=dict)
+    findings: dict[str, str] = Field(default_factory=dict)  # v1's free-form values (unused)
+    encounter: EncounterRef | None = None
+    metadata: UploadMetadata | None = None
+    # The kind of each page ("dr", "glaucoma", "unknown"); the values read, by field name
+    # (gender, age, doctor, report_date, dr_result, ... see pdf-parser); never a name or MRN.
+    page_kinds: tuple[str, ...] = ()
+    fields: dict[str, ReportField] = Field(default_factory=dict)
+    tiles: tuple[ReportTile, ...] = ()
+    raw_text: str = ""  # with the patient's name and MRN replaced by the subject id
+    parser_version: str = ""
+    report: ObjectRef | None = None  # the PDF, kept in the restricted `reports` bucket
 
 
 class ImageAnonymized(Event):
-    event_type: ClassVar[str] = TYPE_PREFIX + "image.anonymized.v1"
+    event_type: ClassVar[str] = TYPE_PREFIX + "image.anonymized.v2"
     item_id: str
     uploader_id: str
     source: ObjectRef
@@ -132,7 +195,12 @@ class ImageAnonymized(Event):
     height: int = Field(gt=0)
     masked: bool
     review_reason: str | None = None
-    metadata: DirectUploadMetadata | None = None
+    metadata: UploadMetadata | None = None
+    encounter: EncounterRef | None = None
+    captured_at: str | None = None
+    # Perceptual hash (64-bit dHash, hex) of the clean image, to match report tiles.
+    phash: str | None = None
+    flags: tuple[str, ...] = ()  # e.g. "Image not gradable"
 
 
 class DicomAnonymized(Event):
@@ -201,7 +269,18 @@ _ALL: tuple[type[Event], ...] = (
 EVENT_TYPES: dict[str, type[Event]] = {cls.event_type: cls for cls in _ALL}
 
 # Old wire versions are upcast to the current model here: {old_type: (new_type, fn(data))}.
-UPCASTERS: dict[str, tuple[str, Any]] = {}
+# v1 → v2 (issue 7, archives): v2 only adds optional fields (encounters, report fields, tiles,
+# perceptual hashes, flags) and lets `metadata` be an archive's; a v1 payload is a valid v2 one.
+UPCASTERS: dict[str, tuple[str, Any]] = {
+    TYPE_PREFIX + f"{name}.v1": (TYPE_PREFIX + f"{name}.v2", dict)
+    for name in (
+        "upload.received",
+        "archive.entry.extracted",
+        "archive.extracted",
+        "report.parsed",
+        "image.anonymized",
+    )
+}
 
 
 class UnknownEventType(ValueError):

@@ -42,11 +42,11 @@ ITEM_STATUS = "items.status"
 
 _T = "org.imaging-uploader."
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(UPLOADS_RECEIVED, 4, (_T + "upload.received.v1",), "A file was stored in `raw`."),
-    TopicSpec(ARCHIVE_ENTRIES, 4, (_T + "archive.entry.extracted.v1",), "One entry of an archive."),
-    TopicSpec(ARCHIVES_EXTRACTED, 2, (_T + "archive.extracted.v1",), "An archive was unpacked."),
-    TopicSpec(REPORTS_PARSED, 2, (_T + "report.parsed.v1",), "A PDF report was parsed."),
-    TopicSpec(ANONYMIZED_IMAGES, 4, (_T + "image.anonymized.v1",), "A clean image exists."),
+    TopicSpec(UPLOADS_RECEIVED, 4, (_T + "upload.received.v2",), "A file was stored in `raw`."),
+    TopicSpec(ARCHIVE_ENTRIES, 4, (_T + "archive.entry.extracted.v2",), "One entry of an archive."),
+    TopicSpec(ARCHIVES_EXTRACTED, 2, (_T + "archive.extracted.v2",), "An archive was unpacked."),
+    TopicSpec(REPORTS_PARSED, 2, (_T + "report.parsed.v2",), "A PDF report was parsed."),
+    TopicSpec(ANONYMIZED_IMAGES, 4, (_T + "image.anonymized.v2",), "A clean image exists."),
     TopicSpec(ANONYMIZED_DICOM, 2, (_T + "dicom.anonymized.v1",), "A de-identified DICOM."),
     TopicSpec(INGESTED, 2, (_T + "item.ingested.v1",), "An item is in the catalogue."),
     TopicSpec(

@@ -5,6 +5,7 @@ Streams are async iterators of byte chunks so nothing ever holds a whole file.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,13 +24,17 @@ __all__ = [
     "Index",
     "KitError",
     "ListedObject",
+    "MalwareScanner",
     "Message",
+    "NoScanner",
     "ObjectNotFound",
     "ObjectStore",
     "PruneResult",
     "Range",
     "RetentionPolicy",
     "Scalar",
+    "ScanStream",
+    "ScanVerdict",
     "StorageFull",
     "StoredObject",
     "Unavailable",
@@ -385,3 +390,51 @@ class Documents(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ScanVerdict:
+    """What a malware scanner found in one stream of bytes."""
+
+    infected: bool
+    signature: str | None = None  # the scanner's name for what it found
+
+
+class ScanStream(Protocol):
+    """One stream being scanned: fed chunk by chunk while the bytes go elsewhere too (so a
+    file is scanned as it is stored, never held whole)."""
+
+    async def feed(self, chunk: bytes) -> None: ...
+
+    async def verdict(self) -> ScanVerdict:
+        """Ends the stream and answers. Raises `Unavailable` when the scanner cannot be
+        reached or gives up (the caller retries later; nothing is assumed clean)."""
+        ...
+
+
+class MalwareScanner(Protocol):
+    """A virus scanner (ClamAV's clamd in production, `kit.scanner_clamd`)."""
+
+    def stream(self) -> contextlib.AbstractAsyncContextManager[ScanStream]: ...
+
+    async def close(self) -> None: ...
+
+
+class _Unscanned:
+    async def feed(self, chunk: bytes) -> None:
+        return None
+
+    async def verdict(self) -> ScanVerdict:
+        return ScanVerdict(infected=False)
+
+
+class NoScanner:
+    """No scanner configured: every stream passes (the structural checks of the archive
+    reader still apply)."""
+
+    @contextlib.asynccontextmanager
+    async def stream(self) -> AsyncIterator[ScanStream]:
+        yield _Unscanned()
+
+    async def close(self) -> None:
+        return None

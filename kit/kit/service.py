@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kit.ports import Documents, EventBus, Index, ObjectStore
+from kit.ports import Documents, EventBus, Index, MalwareScanner, NoScanner, ObjectStore
 from kit.runtime import LEDGER_COLLECTION, EventProcessor, Route
 from kit.settings import PlatformSettings
 
@@ -30,9 +30,12 @@ class Platform:
     bus: EventBus
     store: ObjectStore
     docs: Documents
+    scanner: MalwareScanner = field(default_factory=NoScanner)
+    # The key of subject ids (kit.phi.subject_id); the composition root loads it.
+    subject_key: bytes = b""
 
     async def close(self) -> None:
-        for closer in (self.bus.close, self.store.close, self.docs.close):
+        for closer in (self.bus.close, self.store.close, self.docs.close, self.scanner.close):
             with contextlib.suppress(Exception):
                 await closer()
 

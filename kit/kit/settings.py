@@ -63,6 +63,22 @@ class PlatformSettings(BaseSettings):
     http_header_timeout_seconds: float = Field(default=30, gt=0)
     http_body_timeout_seconds: float = Field(default=60, gt=0)
 
+    # The key of the keyed hash that turns an MRN into a subject id (kit.phi). Empty: made on
+    # first start and kept in the data folder. Every process of a site must use the same one,
+    # and changing it gives everybody new subject ids.
+    subject_key: str = ""
+    # ClamAV's clamd, to scan every archive entry: "unix:/run/clamav/clamd.ctl" or
+    # "tcp:127.0.0.1:3310". Empty: no virus scan (the archive reader's own checks still apply).
+    clamd_address: str = ""
+    clamd_timeout_seconds: float = Field(default=60, gt=0)
+
+    # What zip-extractor accepts from one archive (beyond these an entry, or the rest of the
+    # archive, is refused with its reason). Ratio: uncompressed / compressed bytes of an entry.
+    zip_max_entries: int = Field(default=2000, ge=1)
+    zip_max_entry_mb: float = Field(default=256, gt=0)
+    zip_max_total_mb: float = Field(default=4096, gt=0)
+    zip_max_ratio: float = Field(default=100, gt=1)
+
     # Retries of a failing handler before its event goes to the dead-letter topic.
     max_attempts: int = Field(default=5, ge=1)
     retry_base_seconds: float = Field(default=0.2, ge=0)

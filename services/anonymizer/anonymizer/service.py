@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from anonymizer.fundus import UnreadableImage, anonymize_fundus
 from contracts.events import (
     ArchiveEntryExtracted,
-    DirectUploadMetadata,
     Event,
     ImageAnonymized,
     ObjectRef,
+    UploadMetadata,
     UploadReceived,
 )
 from contracts.topics import ANONYMIZED_IMAGES, ARCHIVE_ENTRIES, UPLOADS_RECEIVED
@@ -33,7 +33,7 @@ async def anonymize_image(
     item_id: str,
     source: ObjectRef,
     uploader_id: str,
-    metadata: DirectUploadMetadata | None,
+    metadata: UploadMetadata | None,
     store: ObjectStore,
 ) -> Sequence[Emit]:
     try:

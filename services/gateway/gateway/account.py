@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.accounts import ApiToken, User
-from gateway.deps import SESSION_ID, CurrentUser, Gateway, GatewayDep, OptionalUser
+from gateway.deps import CurrentUser, Gateway, GatewayDep, OptionalUser, session_id
 from gateway.errors import GatewayError
 from gateway.forms import small_form
 from gateway.pages import flash, login_redirect, render
@@ -141,14 +141,13 @@ async def _account_page(
     new_token: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    session_id = request.session.get(SESSION_ID)
     return render(
         request,
         "account.html",
         {
             "tokens": await gateway.accounts.tokens(user.username),
             "sessions": await gateway.sessions.of(user.username),
-            "current_session": session_id,
+            "current_session": session_id(request),
             "new_token": new_token,
             "min_password": MIN_PASSWORD,
             "nav": "account",
@@ -225,10 +224,7 @@ async def account_password(request: Request, gateway: GatewayDep, user: Optional
         flash(request, PASSWORD_TOO_SHORT, kind="error")
     else:
         await gateway.accounts.update(user.username, password=new)
-        session_id = request.session.get(SESSION_ID)
-        await gateway.sessions.end_all(
-            user.username, except_session=session_id if isinstance(session_id, str) else None
-        )
+        await gateway.sessions.end_all(user.username, except_session=session_id(request))
         await gateway.audit_request(
             request,
             "password_changed",
@@ -245,10 +241,7 @@ async def account_end_other_sessions(
 ) -> Response:
     if user is None:
         return login_redirect(request)
-    session_id = request.session.get(SESSION_ID)
-    ended = await gateway.sessions.end_all(
-        user.username, except_session=session_id if isinstance(session_id, str) else None
-    )
+    ended = await gateway.sessions.end_all(user.username, except_session=session_id(request))
     await gateway.audit_request(
         request,
         "signed_out_elsewhere",

@@ -25,6 +25,7 @@ __all__ = [
     "GatewayDep",
     "OptionalUser",
     "client_address",
+    "session_id",
 ]
 
 # The only thing about the signed-in user the (signed) cookie holds: the server-side
@@ -62,6 +63,13 @@ def _gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
+def session_id(request: Request) -> str | None:
+    """The id of this browser's server-side session, if it has one."""
+    session = request.scope.get("session")
+    value = session.get(SESSION_ID) if session else None
+    return value if isinstance(value, str) else None
+
+
 def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -70,13 +78,12 @@ async def _optional_user(request: Request, gateway: GatewayDep) -> User | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return await gateway.accounts.user_for_token(header[7:].strip())
-    session = request.scope.get("session")
-    session_id = session.get(SESSION_ID) if session else None
-    if not isinstance(session_id, str):
+    current = session_id(request)
+    if current is None:
         return None
-    username = await gateway.sessions.username(session_id)
+    username = await gateway.sessions.username(current)
     if username is None:  # ended (signed out elsewhere, password changed) or expired
-        session.pop(SESSION_ID, None)  # type: ignore[union-attr]
+        request.scope["session"].pop(SESSION_ID, None)
         return None
     user = await gateway.accounts.get(username)
     return user if user and user.active else None

@@ -23,7 +23,14 @@ from gateway.access import Access
 from gateway.accounts import User
 from gateway.api import run_direct_upload
 from gateway.csrf import CSRF_FIELD, CSRF_HEADER, csrf_token, new_csrf_token
-from gateway.deps import SESSION_ID, Gateway, GatewayDep, OptionalUser, client_address
+from gateway.deps import (
+    SESSION_ID,
+    Gateway,
+    GatewayDep,
+    OptionalUser,
+    client_address,
+    session_id,
+)
 from gateway.direct_upload import upload_messages
 from gateway.errors import GatewayError
 from gateway.forms import small_form
@@ -276,9 +283,8 @@ async def login(request: Request, gateway: GatewayDep) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
-    session_id = request.session.get(SESSION_ID)
-    if isinstance(session_id, str):
-        await gateway.sessions.end(session_id)  # a copy of the cookie is worth nothing now
+    if (current := session_id(request)) is not None:
+        await gateway.sessions.end(current)  # a copy of the cookie is worth nothing now
     if user is not None:
         await gateway.audit_request(
             request,
