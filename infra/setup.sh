@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 purpose=${1:-run}
 
 run_pkgs=(libmagic1 tesseract-ocr fonts-dejavu-core)
-test_pkgs=(chromium kcat openjdk-17-jre-headless maven golang-go)
+test_pkgs=(chromium kcat openjdk-17-jre-headless maven golang-go clamav-daemon unzip)
 
 missing=()
 want=("${run_pkgs[@]}")

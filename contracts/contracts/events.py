@@ -103,7 +103,7 @@ class ReportField(_Frozen):
 
 class ReportTile(_Frozen):
     """An image tile printed in a report: its eye badge and a perceptual hash of its pixels
-    (64-bit, hex), to find the capture it shows."""
+    (`kit.phash.fundus_phash`, hex), to find the capture it shows."""
 
     page: int = Field(ge=1)
     eye: Literal["RE", "LE"] | None = None
@@ -198,7 +198,7 @@ class ImageAnonymized(Event):
     metadata: UploadMetadata | None = None
     encounter: EncounterRef | None = None
     captured_at: str | None = None
-    # Perceptual hash (64-bit dHash, hex) of the clean image, to match report tiles.
+    # Perceptual hash of the clean image (`kit.phash.fundus_phash`), to match report tiles.
     phash: str | None = None
     flags: tuple[str, ...] = ()  # e.g. "Image not gradable"
 
