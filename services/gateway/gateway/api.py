@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 
 from gateway.access import Access
 from gateway.deps import CurrentUser, GatewayDep, client_address
-from gateway.direct_upload import Audit, receive_direct_upload
 from gateway.jobs import find_job_view, recent_jobs
 from gateway.multipart import read_parts
+from gateway.uploads import Audit, UploadRules, direct_rules, receive_upload, zip_rules
 
 __all__ = ["router"]
 
@@ -25,11 +25,21 @@ def audit_of(request: Request) -> Audit:
     )
 
 
-async def run_direct_upload(
-    request: Request, gateway: GatewayDep, user: CurrentUser
+def job_pages(kind: str, job_id: str) -> dict[str, str]:
+    """Where a job's processing and results pages are (ZIP jobs have their own)."""
+    base = "/upload_files" if kind == "archive" else "/direct/upload"
+    return {
+        "processing_url": f"{base}/processing/{job_id}",
+        "results_url": f"{base}/results/{job_id}",
+    }
+
+
+async def run_upload(
+    request: Request, gateway: GatewayDep, user: CurrentUser, *, rules: UploadRules
 ) -> dict[str, Any]:
-    result = await receive_direct_upload(
+    result = await receive_upload(
         read_parts(request.headers.get("content-type", ""), request.stream()),
+        rules=rules,
         user=user,
         audit=audit_of(request),
         settings=gateway.settings,
@@ -42,7 +52,7 @@ async def run_direct_upload(
     return {
         "job_id": result.job_id,
         "status_url": f"/api/upload-jobs/{result.job_id}/status",
-        "processing_url": f"/direct/upload/processing/{result.job_id}",
+        "processing_url": job_pages(rules.job_kind, result.job_id)["processing_url"],
         "accepted": result.accepted,
         "rejected": result.rejected,
     }
@@ -52,7 +62,15 @@ async def run_direct_upload(
 async def direct_upload(request: Request, gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
     """Multipart form: `files` (repeatable) and hospital, lab_unit, camera, disease, area,
     mydriatic (ids from /api/reference)."""
-    return await run_direct_upload(request, gateway, user)
+    return await run_upload(request, gateway, user, rules=direct_rules(gateway.settings))
+
+
+@router.post("/zip/upload", status_code=201)
+async def zip_upload(request: Request, gateway: GatewayDep, user: CurrentUser) -> dict[str, Any]:
+    """Multipart form: `files` (repeatable `.zip` archives, e.g. Remidio camera exports) and
+    hospital, lab_unit (ids from /api/reference). Each archive's entries become child items
+    of the job as they are extracted."""
+    return await run_upload(request, gateway, user, rules=zip_rules(gateway.settings))
 
 
 @router.get("/upload-jobs/{job_id}/status")

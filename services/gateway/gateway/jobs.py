@@ -8,11 +8,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from contracts.events import DirectUploadMetadata, ItemStatus, ObjectRef
+from contracts.events import ItemStatus, ObjectRef, UploadMetadata
 from gateway.access import Access
 from job_tracker.read_model import ItemState, JobStatus, JobStatuses, JobSummary
 from job_tracker.status import job_state
 from kit.ports import Documents, Index, Range
+from zip_extractor.read_model import ArchiveEntries, ArchiveEntry
 
 __all__ = [
     "INDEXES",
@@ -60,7 +61,7 @@ class JobHeader(BaseModel):
     ip: str | None = None
     user_agent: str | None = None
     created_at: str
-    metadata: DirectUploadMetadata | None = None
+    metadata: UploadMetadata | None = None
     item_count: int = 0
     rejected_count: int = 0
     # The outbox flag: False until every event of the job is published (see `announce_job`).
@@ -123,10 +124,27 @@ def _provisional(entry: JobItem) -> ItemState:
     )
 
 
-def job_view(job: JobRecord, status: JobStatus | None, *, include_ip: bool) -> dict[str, Any]:
-    """What the status API answers and the pages show for one job, file by file."""
+def _child_order(entry: ArchiveEntry) -> tuple[str, int]:
+    # Camera exports name entries by capture time, but store them in no particular order.
+    return (entry.captured_at or "", entry.entry_index)
+
+
+def job_view(
+    job: JobRecord,
+    status: JobStatus | None,
+    *,
+    include_ip: bool,
+    entries: Sequence[ArchiveEntry] = (),
+) -> dict[str, Any]:
+    """What the status API answers and the pages show for one job, file by file: each
+    archive followed by its entries (child items, by the redacted names zip-extractor gave
+    them)."""
     tracked = status.items if status is not None else {}
+    children: dict[str, list[ArchiveEntry]] = {}
+    for child in sorted(entries, key=_child_order):
+        children.setdefault(child.archive_item_id, []).append(child)
     items: list[dict[str, Any]] = []
+    listed: set[str] = set()
     for entry in job.items:
         state = tracked.get(entry.item_id) or _provisional(entry)
         items.append(
@@ -137,9 +155,27 @@ def job_view(job: JobRecord, status: JobStatus | None, *, include_ip: bool) -> d
                 **_state(state),
             }
         )
-    known = {entry.item_id for entry in job.items}
-    for item_id, state in tracked.items():  # children found inside archives
-        if item_id not in known:
+        listed.add(entry.item_id)
+        for child in children.get(entry.item_id, ()):
+            child_state = tracked.get(child.item_id) or ItemState(
+                status="error" if child.reason else "queued", reason=child.reason
+            )
+            items.append(
+                {
+                    "item_id": child.item_id,
+                    "filename": child.display_name,
+                    "size": child.size,
+                    **_state(child_state),
+                    "parent_item_id": entry.item_id,
+                    "entry_kind": child.entry_kind,
+                    "subject_id": child.subject_id,
+                    "encounter_id": child.encounter_id,
+                    "captured_at": child.captured_at,
+                }
+            )
+            listed.add(child.item_id)
+    for item_id, state in tracked.items():  # entries the tracker knows of before their names
+        if item_id not in listed:
             items.append({"item_id": item_id, "filename": None, "size": None, **_state(state)})
     counts = {s: sum(1 for i in items if i["status"] == s) for s in _COUNTED}
     if status is not None and status.opened:
@@ -236,4 +272,5 @@ async def find_job_view(job_id: str, *, docs: Documents, access: Access) -> dict
     if record is None:
         return None
     status = await JobStatuses(docs=docs).get(job_id)
-    return job_view(record, status, include_ip=access.sees_audit_details)
+    entries = await ArchiveEntries(docs=docs).of_job(job_id) if record.kind == "archive" else []
+    return job_view(record, status, include_ip=access.sees_audit_details, entries=entries)

@@ -9,10 +9,10 @@ from datetime import timedelta
 
 from contracts.envelope import utcnow
 from gateway.accounts import Accounts
-from gateway.direct_upload import announce_job
 from gateway.intake import Intake
 from gateway.jobs import JobRecords
 from gateway.sessions import Sessions
+from gateway.uploads import announce_job
 from kit.blobs import CLEAN, RAW, REPORTS, SCANS
 from kit.ports import Unavailable
 from kit.service import Platform

@@ -21,7 +21,7 @@ from markupsafe import Markup, escape
 
 from gateway.access import Access
 from gateway.accounts import User
-from gateway.api import run_direct_upload
+from gateway.api import job_pages, run_upload
 from gateway.csrf import CSRF_FIELD, CSRF_HEADER, csrf_token, new_csrf_token
 from gateway.deps import (
     SESSION_ID,
@@ -31,11 +31,11 @@ from gateway.deps import (
     client_address,
     session_id,
 )
-from gateway.direct_upload import upload_messages
 from gateway.errors import GatewayError
 from gateway.forms import small_form
 from gateway.jobs import find_job_view, recent_jobs
 from gateway.throttle import TooManySignIns
+from gateway.uploads import UploadRules, direct_rules, upload_messages, zip_rules
 
 __all__ = [
     "DOCS_HTML",
@@ -310,27 +310,27 @@ async def session_csrf(request: Request, user: OptionalUser) -> JSONResponse:
     return JSONResponse({"csrf_token": csrf_token(request)}, headers={"Cache-Control": "no-store"})
 
 
-# --- direct upload --------------------------------------------------------------------------
+# --- direct upload and ZIP upload ----------------------------------------------------------
 
 
-async def _upload_form_context(gateway: Gateway, user: User) -> dict[str, Any]:
+async def _upload_form_context(gateway: Gateway, user: User, rules: UploadRules) -> dict[str, Any]:
     reference = await gateway.reference.all()
     lab_units = [u for u in reference["lab_units"] if user.may_use_lab_unit(u["id"])]
     usable_hospitals = {u["hospital_id"] for u in lab_units}
     hospitals = [h for h in reference["hospitals"] if user.is_admin or h["id"] in usable_hospitals]
-    settings = gateway.settings
-    quota = user.quota(settings.max_files_per_upload)
+    quota = user.quota(gateway.settings.max_files_per_upload)
     return {
-        "messages": upload_messages(settings),
+        "messages": upload_messages(rules),
+        "fields": rules.fields,
         "hospitals": hospitals,
         "lab_units": lab_units,
         "cameras": reference["cameras"],
         "diseases": reference["diseases"],
         "areas": reference["areas"],
         "limits": {
-            "max_bytes": settings.direct_upload_max_bytes,
-            "max_size_label": settings.max_size_label,
-            "max_files": settings.direct_upload_max_files,
+            "max_bytes": rules.max_bytes,
+            "max_size_label": rules.too_large.removeprefix("File too large (max ").rstrip(")"),
+            "max_files": rules.max_files,
             "quota": quota,
             "used": user.file_upload_count,
             "remaining": max(0, quota - user.file_upload_count),
@@ -338,39 +338,65 @@ async def _upload_form_context(gateway: Gateway, user: User) -> dict[str, Any]:
     }
 
 
-@router.get("/direct/upload", response_model=None)
-async def upload_page(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+async def _upload_page(
+    request: Request, gateway: Gateway, user: User | None, rules: UploadRules, template: str
+) -> Response:
     if user is None:
         return login_redirect(request)
-    context = await _upload_form_context(gateway, user)
-    return render(request, "upload.html", {**context, "values": {}}, user=user)
+    context = await _upload_form_context(gateway, user, rules)
+    return render(request, template, {**context, "values": {}}, user=user)
 
 
-@router.post("/direct/upload", response_model=None)
-async def upload(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
-    """The upload page's form. With JavaScript (the CSRF header): a JSON answer, and the page
+async def _upload_post(
+    request: Request, gateway: Gateway, user: User | None, rules: UploadRules, template: str
+) -> Response:
+    """An upload page's form. With JavaScript (the CSRF header): a JSON answer, and the page
     shows any error itself. Without: a redirect to the job, or the page again with the error.
     (The CSRF token was checked by the app-wide dependency before any file byte was read.)"""
     if CSRF_HEADER.lower() in request.headers:
         if user is None:
             return JSONResponse({"detail": SESSION_ENDED}, status.HTTP_401_UNAUTHORIZED)
-        result = await run_direct_upload(request, gateway, user)
+        result = await run_upload(request, gateway, user, rules=rules)
         return JSONResponse(result, status.HTTP_201_CREATED)
     if user is None:
         return login_redirect(request)
     try:
-        received = await run_direct_upload(request, gateway, user)
+        received = await run_upload(request, gateway, user, rules=rules)
     except GatewayError as refused:
         fresh = await gateway.accounts.get(user.username) or user
-        context = await _upload_form_context(gateway, fresh)
+        context = await _upload_form_context(gateway, fresh, rules)
         return render(
             request,
-            "upload.html",
+            template,
             {**context, "error": refused.message, "values": {}},
             user=fresh,
             status_code=refused.status_code,
         )
     return RedirectResponse(received["processing_url"], status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/direct/upload", response_model=None)
+async def upload_page(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    return await _upload_page(request, gateway, user, direct_rules(gateway.settings), "upload.html")
+
+
+@router.post("/direct/upload", response_model=None)
+async def upload(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    return await _upload_post(request, gateway, user, direct_rules(gateway.settings), "upload.html")
+
+
+@router.get("/upload_files", response_model=None)
+async def zip_upload_page(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    return await _upload_page(
+        request, gateway, user, zip_rules(gateway.settings), "upload_zip.html"
+    )
+
+
+@router.post("/upload_files", response_model=None)
+async def zip_upload(request: Request, gateway: GatewayDep, user: OptionalUser) -> Response:
+    return await _upload_post(
+        request, gateway, user, zip_rules(gateway.settings), "upload_zip.html"
+    )
 
 
 # --- one job --------------------------------------------------------------------------------
@@ -392,7 +418,8 @@ async def _job_page(
             status_code=status.HTTP_404_NOT_FOUND,
         )
     names = await gateway.reference.names()
-    return render(request, template, {"job": view, "names": names}, user=user)
+    pages = job_pages(view["kind"], job_id)
+    return render(request, template, {"job": view, "names": names, "pages": pages}, user=user)
 
 
 @router.get("/direct/upload/processing/{job_id}", response_model=None)
@@ -404,6 +431,20 @@ async def processing_page(
 
 @router.get("/direct/upload/results/{job_id}", response_model=None)
 async def results_page(
+    request: Request, job_id: str, gateway: GatewayDep, user: OptionalUser
+) -> Response:
+    return await _job_page(request, gateway, user, job_id, "results.html")
+
+
+@router.get("/upload_files/processing/{job_id}", response_model=None)
+async def zip_processing_page(
+    request: Request, job_id: str, gateway: GatewayDep, user: OptionalUser
+) -> Response:
+    return await _job_page(request, gateway, user, job_id, "processing.html")
+
+
+@router.get("/upload_files/results/{job_id}", response_model=None)
+async def zip_results_page(
     request: Request, job_id: str, gateway: GatewayDep, user: OptionalUser
 ) -> Response:
     return await _job_page(request, gateway, user, job_id, "results.html")

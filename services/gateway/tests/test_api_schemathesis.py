@@ -36,9 +36,9 @@ from schemathesis.checks import not_a_server_error
 from gateway import accounts as accounts_module
 from gateway.accounts import Accounts
 from gateway.app import create_app
-from gateway.direct_upload import FIELDS
 from gateway.reference import KINDS, seed_reference_data
 from gateway.settings import GatewaySettings
+from gateway.uploads import FIELDS
 from kit.bus_sqlite import SqliteEventBus
 from kit.docs_sqlite import SqliteDocuments
 from kit.store_fs import FilesystemObjectStore

@@ -18,9 +18,9 @@ from contracts.events import ObjectRef
 from gateway.accounts import Accounts
 from gateway.app import create_app
 from gateway.audit import AuditLog
-from gateway.direct_upload import FIELDS_TOO_LARGE, TOO_MANY_FIELDS
 from gateway.reference import seed_reference_data
 from gateway.settings import GatewaySettings
+from gateway.uploads import FIELDS_TOO_LARGE, TOO_MANY_FIELDS
 from ingest.read_model import Catalogue, CatalogueRecord, QueueEntry
 from kit.bus_sqlite import SqliteEventBus
 from kit.docs_sqlite import SqliteDocuments

@@ -1,4 +1,4 @@
-/* The Direct Upload form: lab units follow the hospital, files are chosen or dropped, checked
+/* The upload forms (Direct Upload, ZIP Upload): lab units follow the hospital, files are chosen or dropped, checked
  * gently (the server has the last word), and sent fields-first so a bad form is refused before
  * any file is stored. The chosen files stay chosen whatever goes wrong. */
 (function () {
@@ -7,7 +7,16 @@
   var form = document.getElementById("upload-form");
   if (!form) return;
   var config = JSON.parse(document.getElementById("upload-config").textContent);
-  var FIELDS = ["hospital", "lab_unit", "camera", "disease", "area", "mydriatic"];
+  var FIELDS = config.fields;
+  // What a file of this form looks like by its name or type (the server checks the bytes).
+  var ACCEPT = new RegExp(config.accept.pattern, "i");
+  var ACCEPT_TYPES = config.accept.types;
+  var NOUN = config.accept.noun;
+  var BUTTON_TEXT = button_text();
+  function button_text() {
+    var b = document.getElementById("upload-button");
+    return b ? b.textContent : "Upload";
+  }
   // The server's own wording (the fundus help's messages), so page and API never differ.
   var MESSAGES = config.messages;
 
@@ -91,13 +100,13 @@
     return (bytes / (1024 * 1024)).toFixed(1) + " MB";
   }
 
-  function looksLikeImage(file) {
-    return /\.(jpe?g|png)$/i.test(file.name) || file.type === "image/jpeg" || file.type === "image/png";
+  function looksAccepted(file) {
+    return ACCEPT.test(file.name) || ACCEPT_TYPES.indexOf(file.type) >= 0;
   }
 
   function problemOf(file) {
     if (file.size > config.max_bytes) return MESSAGES.too_large + ": will be refused";
-    if (!looksLikeImage(file)) return "Not a JPG/PNG: will be refused";
+    if (!looksAccepted(file)) return config.accept.refused + ": will be refused";
     return "";
   }
 
@@ -156,11 +165,11 @@
 
     var messages = [];
     if (files.length > config.max_files) {
-      messages.push("At most " + config.max_files + " images can be sent in one upload: remove " +
+      messages.push("At most " + config.max_files + " " + NOUN + " can be sent in one upload: remove " +
         (files.length - config.max_files) + " or upload them in a second batch.");
     }
     if (files.length > config.remaining) {
-      messages.push("Your remaining quota is " + config.remaining + " images: files beyond it " +
+      messages.push("Your remaining quota is " + config.remaining + " " + NOUN: files beyond it " +
         "will be refused with \u201c" + MESSAGES.quota_exceeded + "\u201d. Ask your administrator for more.");
     }
     notes.innerHTML = "";
@@ -255,7 +264,7 @@
   function setBusy(value) {
     busy = value;
     button.disabled = value;
-    button.textContent = value ? "Uploading\u2026" : "Upload Images";
+    button.textContent = value ? "Uploading\u2026" : BUTTON_TEXT;
     progress.hidden = !value;
     render();
   }
@@ -329,7 +338,7 @@
     link.textContent = "Sign in again in a new tab";
     errorBox.appendChild(link);
     errorBox.appendChild(document.createTextNode(
-      ", then come back here and click \u201cUpload Images\u201d again: your files are still selected."));
+      ", then come back here and click \u201c" + BUTTON_TEXT + "\u201d again: your files are still selected."));
     errorBox.hidden = false;
     errorBox.scrollIntoView({ block: "center" });
   }

@@ -1,7 +1,9 @@
-"""Direct upload: stream each JPG/PNG into `raw` while checking it, then open a job.
+"""Uploads through a form: stream each file into `raw` while checking it, then open a job.
 
-Every check is applied while the bytes flow (size, type sniffed from the first bytes, MD5
-computed by the store on the way), so a 200 MB file is refused without being held anywhere.
+Direct uploads (JPG/PNG fundus images) and ZIP uploads (camera exports) follow the same steps
+with their own `UploadRules`. Every check is applied while the bytes flow (size, type sniffed
+from the first bytes, MD5 computed by the store on the way), so a 200 MB file is refused
+without being held anywhere.
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ import logging
 import secrets
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import magic
 
 from contracts.envelope import utcnow
-from contracts.events import DirectUploadMetadata, ItemStatusChanged, JobOpened, UploadReceived
+from contracts.events import (
+    ArchiveUploadMetadata,
+    DirectUploadMetadata,
+    ItemStatusChanged,
+    JobOpened,
+    UploadMetadata,
+    UploadReceived,
+)
 from contracts.topics import ITEM_STATUS, UPLOADS_RECEIVED
 from gateway.accounts import Accounts, User
 from gateway.errors import GatewayError
@@ -41,10 +50,13 @@ __all__ = [
     "Audit",
     "FormRejected",
     "UploadResult",
+    "UploadRules",
     "announce_job",
     "clean_filename",
-    "receive_direct_upload",
+    "direct_rules",
+    "receive_upload",
     "upload_messages",
+    "zip_rules",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +64,10 @@ log = logging.getLogger(__name__)
 SERVICE = "gateway"
 ALLOWED_TYPES = {"image/jpeg", "image/png"}
 FIELDS = ("hospital", "lab_unit", "camera", "disease", "area", "mydriatic")
+ZIP_FIELDS = ("hospital", "lab_unit")
+# A ZIP archive starts with a local file header; an empty archive (only the end record) holds
+# nothing to upload.
+ZIP_MAGIC = b"PK\x03\x04"
 
 ALL_FIELDS_REQUIRED = "All fields are required"
 NO_ACCESS = "You don't have access to the selected lab unit"
@@ -73,22 +89,35 @@ def too_large(settings: GatewaySettings) -> str:
     return f"File too large (max {settings.max_size_label})"
 
 
+def _mb_label(size_bytes: int) -> str:
+    size = size_bytes / (1024 * 1024)
+    return f"{int(size)}MB" if float(size).is_integer() else f"{size:.1f}MB"
+
+
+def zip_too_large(settings: GatewaySettings) -> str:
+    return f"File too large (max {_mb_label(settings.per_file_max_bytes)})"
+
+
 def invalid_type(mime: str) -> str:
     return f"Invalid file type: {mime}. Only JPG/PNG allowed."
+
+
+def invalid_zip(mime: str) -> str:
+    return f"Invalid file type: {mime}. Only ZIP files allowed."
 
 
 def too_many_files(limit: int) -> str:
     return f"Too many files in one upload (max {limit}). Please upload fewer files at a time."
 
 
-def upload_messages(settings: GatewaySettings) -> dict[str, str]:
-    """The messages the upload page's script shows before sending, worded as the server's."""
+def upload_messages(rules: UploadRules) -> dict[str, str]:
+    """The messages an upload page's script shows before sending, worded as the server's."""
     return {
         "all_fields_required": ALL_FIELDS_REQUIRED,
         "no_file": NO_FILE,
         "quota_exceeded": QUOTA_EXCEEDED,
-        "too_many_files": too_many_files(settings.direct_upload_max_files),
-        "too_large": too_large(settings),
+        "too_many_files": too_many_files(rules.max_files),
+        "too_large": rules.too_large,
     }
 
 
@@ -143,18 +172,34 @@ def clean_filename(filename: str) -> str:
     return kept.strip()[:MAX_FILENAME_CHARS]
 
 
-async def _sniffed(chunks: AsyncIterator[bytes]) -> tuple[str, AsyncIterator[bytes]]:
-    """Read just enough to know the type from the bytes (never the name), then hand back a
-    stream that still starts at the first byte."""
+def _image_type(head: bytes, filename: str) -> str:
+    mime = magic.from_buffer(head, mime=True)
+    if mime not in ALLOWED_TYPES:
+        raise _FileRejected(invalid_type(mime))
+    return mime
+
+
+def _zip_type(head: bytes, filename: str) -> str:
+    # The bytes decide (a renamed file is refused), and so does the name: an Office document
+    # or a Java archive is a ZIP too, but not a camera export.
+    if not head.startswith(ZIP_MAGIC) or not filename.lower().endswith(".zip"):
+        mime = magic.from_buffer(head, mime=True)
+        raise _FileRejected(invalid_zip("application/zip" if mime == "application/zip" else mime))
+    return "application/zip"
+
+
+async def _sniffed(
+    chunks: AsyncIterator[bytes], *, filename: str, rules: UploadRules
+) -> tuple[str, AsyncIterator[bytes]]:
+    """Read just enough to know the type from the bytes, then hand back a stream that still
+    starts at the first byte."""
     source = chunks.__aiter__()
     head = bytearray()
     async for chunk in source:
         head += chunk
         if len(head) >= SNIFF_BYTES:
             break
-    mime = magic.from_buffer(bytes(head[:SNIFF_BYTES]), mime=True)
-    if mime not in ALLOWED_TYPES:
-        raise _FileRejected(invalid_type(mime))
+    mime = rules.content_type(bytes(head[:SNIFF_BYTES]), filename)
 
     async def whole() -> AsyncIterator[bytes]:
         yield bytes(head)
@@ -180,12 +225,56 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         pass
 
 
+@dataclass(frozen=True, kw_only=True)
+class UploadRules:
+    """What one upload form accepts: its fields, which files, how many and how large."""
+
+    job_kind: Literal["direct", "archive"]
+    fields: tuple[str, ...]
+    max_files: int
+    max_bytes: int
+    too_large: str
+    # (first bytes, file name) → MIME type, or raises _FileRejected with the reason.
+    content_type: Callable[[bytes, str], str]
+    validate: Callable[[dict[str, str], User, ReferenceData], Awaitable[UploadMetadata]]
+
+    @property
+    def upload_kind(self) -> Literal["image", "archive"]:
+        return "archive" if self.job_kind == "archive" else "image"
+
+
+def direct_rules(settings: GatewaySettings) -> UploadRules:
+    return UploadRules(
+        job_kind="direct",
+        fields=FIELDS,
+        max_files=settings.direct_upload_max_files,
+        max_bytes=settings.direct_upload_max_bytes,
+        too_large=too_large(settings),
+        content_type=_image_type,
+        validate=_validated_metadata,
+    )
+
+
+def zip_rules(settings: GatewaySettings) -> UploadRules:
+    """The ZIP upload (`/upload_files`): PER_FILE_MAX_BYTES each, MAX_FILES_PER_UPLOAD a request."""
+    return UploadRules(
+        job_kind="archive",
+        fields=ZIP_FIELDS,
+        max_files=settings.max_files_per_upload,
+        max_bytes=settings.per_file_max_bytes,
+        too_large=zip_too_large(settings),
+        content_type=_zip_type,
+        validate=_validated_site,
+    )
+
+
 @dataclass
 class _Upload:
     """One request's state while it streams; undone whole if the form turns out invalid."""
 
     user: User
     settings: GatewaySettings
+    rules: UploadRules
     store: ObjectStore
     pending: PendingUpload
     items: list[_Item] = field(default_factory=list)
@@ -207,7 +296,7 @@ class _Upload:
 
     async def take_file(self, part: FormPart) -> None:
         self.file_parts += 1
-        if self.file_parts > self.settings.direct_upload_max_files:
+        if self.file_parts > self.rules.max_files:
             await _drain(part.chunks)
             return
         item = _Item(item_id=uuid.uuid4().hex, filename=clean_filename(part.filename or ""))
@@ -223,15 +312,11 @@ class _Upload:
             item.reason = QUOTA_EXCEEDED
             return
         try:
-            mime, stream = await _sniffed(part.chunks)
+            mime, stream = await _sniffed(part.chunks, filename=item.filename, rules=self.rules)
             item.stored = await self.store.put(
                 RAW,
                 f"{self.job_id}/{item.item_id}",
-                _limited(
-                    stream,
-                    max_bytes=self.settings.direct_upload_max_bytes,
-                    label=too_large(self.settings),
-                ),
+                _limited(stream, max_bytes=self.rules.max_bytes, label=self.rules.too_large),
                 content_type=mime,
             )
             await self.pending.claim(item.stored.md5, item_id=item.item_id)
@@ -245,18 +330,36 @@ class _Upload:
             item.reason = refused.reason if isinstance(refused, _FileRejected) else DUPLICATE
 
 
-async def _validated_metadata(
-    form: dict[str, str], *, user: User, reference: ReferenceData
-) -> DirectUploadMetadata:
-    values = {name: form.get(name, "").strip() for name in FIELDS}
-    if any(not v for v in values.values()):
-        raise FormRejected(ALL_FIELDS_REQUIRED)
+async def _site(
+    values: dict[str, str], *, user: User, reference: ReferenceData
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chosen hospital and lab unit, if they belong together and the user may use them."""
     lab_unit = await reference.active("lab_units", values["lab_unit"])
     hospital = await reference.active("hospitals", values["hospital"])
     if hospital is None or lab_unit is None or lab_unit["hospital_id"] != hospital["id"]:
         raise FormRejected(BAD_COMBINATION)
     if not user.may_use_lab_unit(lab_unit["id"]):
         raise FormRejected(NO_ACCESS, status_code=403)
+    return hospital, lab_unit
+
+
+async def _validated_site(
+    form: dict[str, str], user: User, reference: ReferenceData
+) -> ArchiveUploadMetadata:
+    values = {name: form.get(name, "").strip() for name in ZIP_FIELDS}
+    if any(not v for v in values.values()):
+        raise FormRejected(ALL_FIELDS_REQUIRED)
+    hospital, lab_unit = await _site(values, user=user, reference=reference)
+    return ArchiveUploadMetadata(hospital_id=hospital["id"], lab_unit_id=lab_unit["id"])
+
+
+async def _validated_metadata(
+    form: dict[str, str], user: User, reference: ReferenceData
+) -> DirectUploadMetadata:
+    values = {name: form.get(name, "").strip() for name in FIELDS}
+    if any(not v for v in values.values()):
+        raise FormRejected(ALL_FIELDS_REQUIRED)
+    hospital, lab_unit = await _site(values, user=user, reference=reference)
     for kind, name in (("cameras", "camera"), ("diseases", "disease"), ("areas", "area")):
         if await reference.active(kind, values[name]) is None:
             raise FormRejected(f"Unknown {name}: please choose one from the list")
@@ -285,9 +388,10 @@ async def _validated_metadata(
     )
 
 
-async def receive_direct_upload(
+async def receive_upload(
     parts: AsyncIterator[FormPart],
     *,
+    rules: UploadRules,
     user: User,
     audit: Audit,
     settings: GatewaySettings,
@@ -299,8 +403,8 @@ async def receive_direct_upload(
 ) -> UploadResult:
     intake = Intake(docs=docs, store=store, accounts=accounts)
     pending = await intake.begin(job_id=secrets.token_urlsafe(18), username=user.username)
-    upload = _Upload(user=user, settings=settings, store=store, pending=pending)
-    metadata: DirectUploadMetadata | None = None
+    upload = _Upload(user=user, settings=settings, rules=rules, store=store, pending=pending)
+    metadata: UploadMetadata | None = None
     try:
         async for part in parts:
             if not part.is_file:
@@ -309,17 +413,17 @@ async def receive_direct_upload(
             if part.name != "files":
                 await _drain(part.chunks)
                 continue
-            if metadata is None and all(upload.fields.get(n) for n in FIELDS):
+            if metadata is None and all(upload.fields.get(n) for n in rules.fields):
                 # Fields came first (as the form sends them): refuse a bad form before
                 # storing a single byte.
-                metadata = await _validated_metadata(upload.fields, user=user, reference=reference)
+                metadata = await rules.validate(upload.fields, user, reference)
             await upload.take_file(part)
         if metadata is None:
-            metadata = await _validated_metadata(upload.fields, user=user, reference=reference)
+            metadata = await rules.validate(upload.fields, user, reference)
         if upload.file_parts == 0:
             raise FormRejected(NO_FILE)
-        if upload.file_parts > settings.direct_upload_max_files:
-            raise FormRejected(too_many_files(settings.direct_upload_max_files), status_code=413)
+        if upload.file_parts > rules.max_files:
+            raise FormRejected(too_many_files(rules.max_files), status_code=413)
         record = _job_record(upload, metadata=metadata, audit=audit)
         await JobRecords(docs=docs).put(record)
     except BaseException:
@@ -344,10 +448,10 @@ async def receive_direct_upload(
     return UploadResult(job_id=upload.job_id, items=upload.items)
 
 
-def _job_record(upload: _Upload, *, metadata: DirectUploadMetadata, audit: Audit) -> JobRecord:
+def _job_record(upload: _Upload, *, metadata: UploadMetadata, audit: Audit) -> JobRecord:
     return JobRecord(
         job_id=upload.job_id,
-        kind="direct",
+        kind=upload.rules.job_kind,
         uploader=upload.user.username,
         ip=audit.ip,
         user_agent=audit.user_agent,
@@ -379,7 +483,7 @@ async def announce_job(record: JobRecord, *, bus: EventBus) -> None:
         Emit(
             ITEM_STATUS,
             JobOpened(
-                job_id=job_id, kind="direct", item_ids=tuple(i.item_id for i in record.items)
+                job_id=job_id, kind=record.kind, item_ids=tuple(i.item_id for i in record.items)
             ),
         )
     ]
@@ -404,7 +508,7 @@ async def announce_job(record: JobRecord, *, bus: EventBus) -> None:
         received = UploadReceived(
             job_id=job_id,
             item_id=item.item_id,
-            kind="image",
+            kind="archive" if record.kind == "archive" else "image",
             object=item.raw,
             uploader_id=record.uploader,
             metadata=metadata,
