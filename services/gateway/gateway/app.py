@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import account, admin, api, catalogue, pages
+from gateway import account, admin, api, catalogue, encounters, pages
 from gateway.accounts import Accounts
 from gateway.audit import AuditLog
 from gateway.csrf import CsrfMiddleware, require_csrf
@@ -247,6 +247,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(account.api_router)
     app.include_router(catalogue.router)
+    app.include_router(encounters.router)
     app.include_router(admin.api_router)
     app.include_router(pages.router)
     app.include_router(account.page_router)

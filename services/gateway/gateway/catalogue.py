@@ -15,7 +15,7 @@ from gateway.deps import AccessDep, AdminUser, GatewayDep
 from ingest.read_model import Catalogue, CatalogueRecord, QueueEntry
 from kit.ports import ObjectNotFound, ObjectStore
 
-__all__ = ["IMAGE_NOT_FOUND", "router"]
+__all__ = ["IMAGE_NOT_FOUND", "router", "stream_object"]
 
 router = APIRouter(prefix="/api")
 IMAGE_NOT_FOUND = "Image not found"
@@ -72,12 +72,14 @@ async def grading_queue(
     return {"count": len(entries), "items": entries}
 
 
-async def _stream(store: ObjectStore, ref: ObjectRef) -> StreamingResponse:
+async def stream_object(
+    store: ObjectStore, ref: ObjectRef, *, not_found: str = IMAGE_NOT_FOUND
+) -> StreamingResponse:
     chunks = store.get(ref.bucket, ref.key)
     try:
         first = await chunks.__anext__()
     except (ObjectNotFound, StopAsyncIteration):
-        raise HTTPException(404, IMAGE_NOT_FOUND) from None
+        raise HTTPException(404, not_found) from None
 
     async def body() -> AsyncIterator[bytes]:
         yield first
@@ -100,15 +102,15 @@ async def _visible(gateway: Any, item_id: str, access: Access) -> CatalogueRecor
 
 @router.get("/images/{item_id}/clean")
 async def clean_image(item_id: str, gateway: GatewayDep, access: AccessDep) -> StreamingResponse:
-    return await _stream(gateway.store, (await _visible(gateway, item_id, access)).clean)
+    return await stream_object(gateway.store, (await _visible(gateway, item_id, access)).clean)
 
 
 @router.get("/images/{item_id}/thumbnail")
 async def thumbnail(item_id: str, gateway: GatewayDep, access: AccessDep) -> StreamingResponse:
-    return await _stream(gateway.store, (await _visible(gateway, item_id, access)).thumbnail)
+    return await stream_object(gateway.store, (await _visible(gateway, item_id, access)).thumbnail)
 
 
 @router.get("/images/{item_id}/raw")
 async def raw_original(item_id: str, gateway: GatewayDep, admin: AdminUser) -> StreamingResponse:
     record = await _visible(gateway, item_id, Access(admin))
-    return await _stream(gateway.store, record.raw)
+    return await stream_object(gateway.store, record.raw)

@@ -99,6 +99,20 @@ class JobRecords:
         doc = await self._collection.get(job_id)
         return None if doc is None else JobRecord.model_validate(doc)
 
+    async def rename_items(self, job_id: str, names: Mapping[str, str]) -> None:
+        """Show these items under new names (redacted ones); only the items field is written,
+        so the outbox flag is never lost to a concurrent writer."""
+        record = await self.get(job_id)
+        if record is None:
+            return
+        items = [
+            i.model_copy(update={"filename": names[i.item_id]}) if i.item_id in names else i
+            for i in record.items
+        ]
+        await self._collection.update(
+            job_id, set={"items": [i.model_dump(mode="json") for i in items]}
+        )
+
     async def mark_announced(self, job_id: str) -> None:
         await self._collection.update(job_id, set={"announced": True})
 

@@ -16,16 +16,21 @@ from kit.ports import AnyOf, Documents, Index
 
 __all__ = [
     "CATALOGUE",
+    "ENCOUNTERS",
     "GRADING_QUEUE",
     "INDEXES",
     "REPORTS",
     "Catalogue",
     "CatalogueRecord",
+    "Encounter",
+    "Laterality",
     "QueueEntry",
     "ReportRecord",
 ]
 
 CATALOGUE, GRADING_QUEUE, REPORTS = "uploads", "grading_queue", "reports"
+ENCOUNTERS = "encounters"
+Laterality = Literal["right", "left", "unknown"]
 
 # What the read APIs filter and sort by; created at start-up (see `ServiceSpec.indexes`).
 INDEXES: Mapping[str, Sequence[Index]] = {
@@ -39,6 +44,13 @@ INDEXES: Mapping[str, Sequence[Index]] = {
         Index(fields=(("ingested_at", -1),)),
         Index(fields=(("lab_unit_id", 1), ("ingested_at", -1))),
         Index(fields=(("job_id", 1),)),
+        Index(fields=(("encounter_id", 1),)),
+    ),
+    REPORTS: (Index(fields=(("encounter_id", 1),)), Index(fields=(("job_id", 1),))),
+    ENCOUNTERS: (
+        Index(fields=(("job_id", 1), ("capture_date", 1))),
+        Index(fields=(("subject_id", 1), ("capture_date", 1))),
+        Index(fields=(("lab_unit_id", 1), ("capture_date", 1))),
     ),
 }
 
@@ -76,6 +88,15 @@ class CatalogueRecord(_Model):
     needs_review: bool = False
     pre_graded: bool = False
     ingested_at: str
+    # From an archive: the visit it belongs to (pseudonymous), when it was captured, which
+    # eye (only where a source says so: a report tile showing this picture), its flags.
+    encounter_id: str | None = None
+    subject_id: str | None = None
+    captured_at: str | None = None
+    laterality: Laterality = "unknown"
+    laterality_source: str | None = None
+    phash: str | None = None
+    flags: tuple[str, ...] = ()
 
 
 class QueueEntry(_Model):
@@ -88,15 +109,45 @@ class QueueEntry(_Model):
     lab_unit_id: str | None = None
     queued_at: str
     needs_review: bool = False
+    encounter_id: str | None = None
+    subject_id: str | None = None
+    laterality: Laterality = "unknown"
+    flags: tuple[str, ...] = ()
 
 
 class ReportRecord(_Model):
+    """A parsed screening report: the values read, never the patient's name or MRN."""
+
     item_id: str
     job_id: str
     report_kind: str
     method: str
     subject_id: str | None = None
     findings: dict[str, Any] = {}
+    encounter_id: str | None = None
+    page_kinds: tuple[str, ...] = ()
+    # name → {"value", "confidence", "needs_review"}
+    fields: dict[str, dict[str, Any]] = {}
+    tiles: tuple[dict[str, Any], ...] = ()
+    raw_text: str = ""
+    parser_version: str = ""
+    report: ObjectRef | None = None
+    needs_review: bool = False
+    filed_at: str | None = None
+
+
+class Encounter(_Model):
+    """One patient visit from an archive (a Remidio patient folder): its images and report
+    are found by `encounter_id`."""
+
+    encounter_id: str
+    job_id: str
+    subject_id: str
+    capture_date: str | None = None
+    site: str | None = None  # the screening site as the report's header prints it
+    hospital_id: str | None = None
+    lab_unit_id: str | None = None
+    created_at: str
 
 
 class Catalogue:
@@ -106,6 +157,7 @@ class Catalogue:
         self._records = docs.collection(CATALOGUE)
         self._queue = docs.collection(GRADING_QUEUE)
         self._reports = docs.collection(REPORTS)
+        self._encounters = docs.collection(ENCOUNTERS)
 
     async def get(self, record_id: str) -> CatalogueRecord | None:
         doc = await self._records.get(record_id)
@@ -133,5 +185,45 @@ class Catalogue:
         found = await self._queue.find(where, sort=[("queued_at", 1)], limit=limit)
         return [QueueEntry.model_validate(doc) for doc in found]
 
+    async def report(self, item_id: str) -> ReportRecord | None:
+        doc = await self._reports.get(item_id)
+        return None if doc is None else ReportRecord.model_validate(doc)
+
     async def put_report(self, report: ReportRecord) -> None:
         await self._reports.put(report.document(report.item_id))
+
+    async def set_laterality(self, record_id: str, laterality: Laterality, *, source: str) -> None:
+        changes = {"laterality": laterality, "laterality_source": source}
+        await self._records.update(record_id, set=changes)
+        await self._queue.update(record_id, set={"laterality": laterality})
+
+    async def images_of(self, encounter_ids: Iterable[str]) -> list[CatalogueRecord]:
+        wanted = list(dict.fromkeys(encounter_ids))
+        if not wanted:
+            return []
+        found = await self._records.find({"encounter_id": AnyOf(wanted)}, sort=[("captured_at", 1)])
+        return [CatalogueRecord.model_validate(doc) for doc in found]
+
+    async def reports_of(self, encounter_ids: Iterable[str]) -> list[ReportRecord]:
+        wanted = list(dict.fromkeys(encounter_ids))
+        if not wanted:
+            return []
+        found = await self._reports.find({"encounter_id": AnyOf(wanted)})
+        return [ReportRecord.model_validate(doc) for doc in found]
+
+    async def record_encounter(self, encounter_id: str, **fields: Any) -> None:
+        """Create the encounter or add to it: each of its images and its report know part of
+        it, and they arrive in any order (one upsert of the fields each knows)."""
+        known = {k: v for k, v in fields.items() if v is not None}
+        existing = await self._encounters.get(encounter_id)
+        if existing is not None and existing.get("created_at"):
+            known.pop("created_at", None)  # when it was first seen
+        await self._encounters.update(encounter_id, set=known, upsert=True)
+
+    async def encounters(
+        self, *, where: Mapping[str, Any], limit: int, skip: int = 0
+    ) -> list[Encounter]:
+        found = await self._encounters.find(
+            where, sort=[("capture_date", -1), ("created_at", -1)], limit=limit, skip=skip
+        )
+        return [Encounter.model_validate({"encounter_id": d["_id"], **d}) for d in found]
