@@ -21,7 +21,9 @@ import pytest
 if TYPE_CHECKING:
     from testkit.engines import Engines, MinioEngine
 
-ENGINE_FIXTURES = frozenset({"engines", "engines_env", "kafka_bootstrap", "minio", "mongo_url"})
+ENGINE_FIXTURES = frozenset(
+    {"engines", "engines_env", "kafka_bootstrap", "minio", "mongo_url", "clamd"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -101,3 +103,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         names = ", ".join(getattr(r, "nodeid", "?") for r in skipped[:10])
         print(f"\nREQUIRE_ENGINES=1 but {len(skipped)} test(s) were skipped: {names}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- clamd: a real ClamAV daemon detecting the EICAR test string --------------------------------
+
+if TYPE_CHECKING:
+    from testkit.clamd import ClamdEngine
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdEngine]:
+    """clamd with a database that detects EICAR (``testkit.clamd.eicar_signatures``), started
+    once per session (in well under a second: the database is one signature); ``.address`` is
+    ``unix:<socket>``, ``.tcp_address`` ``tcp:127.0.0.1:<port>``. When clamd is not installed
+    the test is skipped, or fails with ``REQUIRE_ENGINES=1``."""
+    from testkit import clamd as clamav
+
+    if clamav.clamd_binary() is None:
+        reason = "clamd is not installed (Debian: apt-get install clamav-daemon)"
+        if os.environ.get("REQUIRE_ENGINES") == "1":
+            pytest.fail(f"{reason} and REQUIRE_ENGINES=1", pytrace=False)
+        pytest.skip(reason)
+    engine = clamav.start_clamd(tmp_path_factory.mktemp("clamd"), clamav.eicar_signatures())
+    try:
+        yield engine
+    finally:
+        engine.stop()

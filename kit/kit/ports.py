@@ -33,6 +33,7 @@ __all__ = [
     "Range",
     "RetentionPolicy",
     "Scalar",
+    "ScanFailed",
     "ScanStream",
     "ScanVerdict",
     "StorageFull",
@@ -438,3 +439,13 @@ class NoScanner:
 
     async def close(self) -> None:
         return None
+
+
+class ScanFailed(KitError):
+    """The scanner could not scan this stream and never will (it refused it: longer than the
+    scanner accepts, or an error it reports about these bytes). Not transient, unlike
+    `Unavailable`: the bytes were not scanned, so they must not be treated as clean."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

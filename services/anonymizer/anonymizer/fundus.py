@@ -18,6 +18,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
+from anonymizer.quality import capture_flags
+from kit.phash import fundus_phash
+
 __all__ = [
     "MAX_PIXELS",
     "NO_FIELD_OF_VIEW",
@@ -69,6 +72,8 @@ class CleanImage:
     height: int
     masked: bool
     review_reason: str | None
+    phash: str  # `kit.phash.fundus_phash` of the clean picture
+    flags: tuple[str, ...] = ()  # `anonymizer.quality.capture_flags`: "Image not gradable"
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,17 @@ def anonymize_fundus(
     # A new image from the bare pixel array: no EXIF, XMP, ICC, IPTC or comment can come along.
     clean = Image.fromarray(pixels, "RGB")
     height, width = pixels.shape[:2]
+    # Hash and grade a box-filtered copy at most _DETECT_SIDE across: the hash reads a 17 x 16
+    # grid and the grading percentiles, so full size adds nothing but time (a 2866 px photo
+    # has 31x the pixels).
+    factor = max(1, math.ceil(max(width, height) / _DETECT_SIDE))
+    small_clean = clean.reduce(factor) if factor > 1 else clean
+    small_upright = upright.reduce(factor) if factor > 1 else upright
+    small_fov = (
+        None
+        if fov is None
+        else FieldOfView(fov.centre_x / factor, fov.centre_y / factor, fov.radius / factor)
+    )
     return CleanImage(
         image=_encode(clean, fmt),
         thumbnail=_thumbnail(clean, thumbnail_size),
@@ -120,6 +136,8 @@ def anonymize_fundus(
         height=height,
         masked=fov is not None,
         review_reason=None if fov is not None else NO_FIELD_OF_VIEW,
+        phash=fundus_phash(small_clean),
+        flags=capture_flags(small_upright, small_fov),
     )
 
 

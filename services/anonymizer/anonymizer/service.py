@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from anonymizer.fundus import UnreadableImage, anonymize_fundus
 from contracts.events import (
     ArchiveEntryExtracted,
+    EncounterRef,
     Event,
     ImageAnonymized,
     ObjectRef,
@@ -35,7 +36,12 @@ async def anonymize_image(
     uploader_id: str,
     metadata: UploadMetadata | None,
     store: ObjectStore,
+    encounter: EncounterRef | None = None,
+    captured_at: str | None = None,
 ) -> Sequence[Emit]:
+    """Anonymize one image (`source`) into the clean bucket with its thumbnail; announce it
+    with its perceptual hash and flags, and the `encounter` and `captured_at` an archive entry
+    came with (None for a direct upload)."""
     try:
         data = await read_bounded(store, source, limit=MAX_IMAGE_BYTES)
         # CPU-bound; Pillow and numpy release the GIL, so other services keep going.
@@ -75,6 +81,10 @@ async def anonymize_image(
                 masked=clean.masked,
                 review_reason=clean.review_reason,
                 metadata=metadata,
+                encounter=encounter,
+                captured_at=captured_at,
+                phash=clean.phash,
+                flags=clean.flags,
             ),
             key=item_id,
         )
@@ -95,6 +105,7 @@ def routes(*, store: ObjectStore) -> dict[str, Route]:
         if _image_item(event) is None:
             return ()
         assert isinstance(event, UploadReceived | ArchiveEntryExtracted)
+        entry = event if isinstance(event, ArchiveEntryExtracted) else None
         return await anonymize_image(
             event,
             item_id=event.item_id,
@@ -102,6 +113,8 @@ def routes(*, store: ObjectStore) -> dict[str, Route]:
             uploader_id=event.uploader_id,
             metadata=event.metadata,
             store=store,
+            encounter=entry.encounter if entry is not None else None,
+            captured_at=entry.captured_at if entry is not None else None,
         )
 
     route = Route(on_image, starts_item=_image_item)
