@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import testkit  # noqa: F401  (the package, before pytest names testkit/tests/ modules after the folder)
+
 if TYPE_CHECKING:
     from testkit.engines import Engines, MinioEngine
 
