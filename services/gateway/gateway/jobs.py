@@ -138,9 +138,10 @@ def _provisional(entry: JobItem) -> ItemState:
     )
 
 
-def _child_order(entry: ArchiveEntry) -> tuple[str, int]:
-    # Camera exports name entries by capture time, but store them in no particular order.
-    return (entry.captured_at or "", entry.entry_index)
+def _child_order(entry: ArchiveEntry) -> tuple[int, int]:
+    # By patient folder, then capture time (zip-extractor's `position`): camera exports name
+    # entries by capture time but store them in no particular order.
+    return (entry.position, entry.entry_index)
 
 
 def job_view(

@@ -11,13 +11,22 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from kit.ports import Documents, Index
+from kit.ports import Documents, DuplicateKey, Index
 
-__all__ = ["ARCHIVE_ENTRIES", "INDEXES", "ArchiveEntries", "ArchiveEntry"]
+__all__ = [
+    "ARCHIVE_ENTRIES",
+    "ENTRY_HASHES",
+    "INDEXES",
+    "ArchiveEntries",
+    "ArchiveEntry",
+    "EntryHashes",
+]
 
 ARCHIVE_ENTRIES = "archive_entries"
+# MD5 of every accepted entry → the child item that holds it: the duplicate check.
+ENTRY_HASHES = "entry_hashes"
 INDEXES: Mapping[str, Sequence[Index]] = {
-    ARCHIVE_ENTRIES: (Index(fields=(("job_id", 1), ("archive_item_id", 1), ("entry_index", 1))),),
+    ARCHIVE_ENTRIES: (Index(fields=(("job_id", 1), ("archive_item_id", 1), ("position", 1))),),
 }
 
 
@@ -29,7 +38,8 @@ class ArchiveEntry(BaseModel):
     item_id: str
     job_id: str
     archive_item_id: str
-    entry_index: int
+    entry_index: int  # the entry's place in the archive (child ids derive from it)
+    position: int = 0  # where it is shown: by patient folder, then capture time
     display_name: str  # redacted: "<subject_id>/FOP/0.02.16.099_PM.jpg"
     entry_kind: str | None = None  # image | pdf | dicom | other; None when refused unread
     layout: str = "generic"
@@ -56,8 +66,26 @@ class ArchiveEntries:
         )
 
     async def of_job(self, job_id: str) -> list[ArchiveEntry]:
-        """A job's entries, archive by archive, in the archive's order."""
+        """A job's entries, archive by archive, each archive's by patient folder and
+        capture time."""
         found = await self._collection.find(
-            {"job_id": job_id}, sort=[("archive_item_id", 1), ("entry_index", 1)]
+            {"job_id": job_id}, sort=[("archive_item_id", 1), ("position", 1)]
         )
         return [ArchiveEntry.model_validate(doc) for doc in found]
+
+
+class EntryHashes:
+    """Claims on entries' contents: the first child item holding some bytes owns their MD5,
+    so the same file again (in this archive or any later one) is a duplicate."""
+
+    def __init__(self, *, docs: Documents) -> None:
+        self._collection = docs.collection(ENTRY_HASHES)
+
+    async def claim(self, md5: str, *, item_id: str, job_id: str) -> bool:
+        """True when `item_id` owns `md5` (now, or already: a redelivery is no duplicate)."""
+        try:
+            await self._collection.insert({"_id": md5, "item_id": item_id, "job_id": job_id})
+        except DuplicateKey:
+            owner = await self._collection.get(md5)
+            return owner is not None and owner.get("item_id") == item_id
+        return True
