@@ -17,7 +17,12 @@ from opentelemetry.sdk.trace.export import (
 
 from kit.settings import PlatformSettings
 
-__all__ = ["OncePerInterval", "configure_logging", "configure_tracing"]
+__all__ = [
+    "OncePerInterval",
+    "configure_logging",
+    "configure_tracing",
+    "quiet_readers_of_patient_files",
+]
 
 _configured = False
 
@@ -48,8 +53,20 @@ class OncePerInterval(logging.Filter):
         return True
 
 
+# Libraries whose debug output prints what they read: Pillow logs every EXIF tag's value
+# (a camera writes the patient's name there), pdfminer the text of every page.
+READERS_OF_PATIENT_FILES = ("PIL", "pdfminer", "pdfplumber", "pypdfium2")
+
+
+def quiet_readers_of_patient_files() -> None:
+    """Never log at DEBUG what the libraries reading uploads read (PHI), whatever the level."""
+    for name in READERS_OF_PATIENT_FILES:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_readers_of_patient_files()
     # aiokafka and the minio SDK are chatty at INFO, and repeat themselves during an outage.
     noisy = frozenset({"aiokafka", "kafka", "urllib3", "faust", "mode"})
     for name in noisy:
