@@ -1,4 +1,4 @@
-"""The pdf-parser, declared: PDF reports in, parsed findings out."""
+"""The pdf-parser, declared: PDF reports in, parsed reports out (PHI to the vault)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ __all__ = ["SPEC"]
 
 SPEC = ServiceSpec(
     name=NAME,
-    routes=lambda platform: routes(store=platform.store),
+    routes=lambda platform: routes(
+        store=platform.store, docs=platform.docs, subject_key=platform.subject_key
+    ),
     needs=frozenset({"bus", "store", "docs"}),
 )

@@ -65,8 +65,8 @@ __all__ = [
     "extract_archive",
     "limits_from_settings",
     "malicious_reason",
-    "unscannable_reason",
     "routes",
+    "unscannable_reason",
 ]
 
 NAME = "zip-extractor"
