@@ -61,10 +61,18 @@
       if (cls) cell.className = cls;
       row.appendChild(cell);
     });
-    row.cells[0].textContent = index + 1;
     row.cells[2].appendChild(document.createElement("span"));
     rows.appendChild(row);
     return row;
+  }
+
+  // Rows follow the job's order (an archive's entries right under it, as they are found),
+  // numbered as they stand.
+  function placeRow(row, index, item) {
+    var rows = $("file-status-rows");
+    if (rows.children[index] !== row) rows.insertBefore(row, rows.children[index] || null);
+    row.cells[0].textContent = index + 1;
+    row.classList.toggle("row-child", Boolean(item.parent_item_id));
   }
 
   function update(job) {
@@ -86,6 +94,7 @@
     job.items.forEach(function (item, index) {
       var row = rowFor(item, index);
       row.className = "row-" + item.status;
+      placeRow(row, index, item);
       row.cells[1].textContent = item.filename || "(inside archive)";
       row.cells[1].title = item.filename || "";
       badge(row.cells[2].firstElementChild || row.cells[2].appendChild(document.createElement("span")), item.status, false);

@@ -169,7 +169,7 @@
         (files.length - config.max_files) + " or upload them in a second batch.");
     }
     if (files.length > config.remaining) {
-      messages.push("Your remaining quota is " + config.remaining + " " + NOUN: files beyond it " +
+      messages.push("Your remaining quota is " + config.remaining + " " + NOUN + ": files beyond it " +
         "will be refused with \u201c" + MESSAGES.quota_exceeded + "\u201d. Ask your administrator for more.");
     }
     notes.innerHTML = "";
