@@ -35,6 +35,7 @@ bench: setup-test engines
 	uv run python bench/streaming_upload.py
 	uv run python bench/direct_pipeline.py
 	uv run python bench/read_scale.py
+	uv run python bench/zip_extract.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
