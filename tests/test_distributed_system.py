@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import shutil
 import signal
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pymongo
 import pytest
 from jsonschema import Draft202012Validator
+from minio import Minio
 
-from contracts.topics import ITEM_STATUS, UPLOADS_RECEIVED
+from contracts.topics import ALL_TOPICS, ITEM_STATUS, UPLOADS_RECEIVED
 from kit.docs_mongo import MongoDocuments
 from testkit.harness import Process, cli, start_process, upload, uploader_env, wait_for_job
 from testkit.synthetic import fundus_image
@@ -179,6 +182,96 @@ def test_an_outside_client_reads_item_status_events_that_match_the_published_sch
         "org.imaging-uploader.item.status.v1",
     }
     assert any(m["subject"] == job_id for m in messages)
+
+
+def test_a_remidio_export_through_six_processes_leaves_no_name_or_mrn_outside_the_vault(
+    distributed: Distributed,
+) -> None:
+    from testkit.hostile_zip import mixed_archive
+    from tests.test_zip_pipeline import export_with_report, phi_finder
+
+    fop, (values, captures) = export_with_report(random.Random(8800))
+    hostile, good, kinds = mixed_archive()
+    auth = {"Authorization": f"Bearer {distributed.token}"}
+    response = httpx.post(
+        distributed.gateway.url + "/api/zip/upload",
+        headers=auth,
+        data={"hospital": "city-general", "lab_unit": "city-retina-clinic"},
+        files=[
+            ("files", (fop.file_name, fop.data, "application/zip")),
+            ("files", ("hostile.zip", hostile, "application/zip")),
+        ],
+        timeout=120,
+    )
+    assert response.status_code == 201, response.text
+    job_id = response.json()["job_id"]
+    final = wait_for_job(distributed.gateway.url, distributed.token, job_id, timeout=240)
+    entries = [i for i in final["items"] if i["parent_item_id"]]
+    assert len(entries) == 5 + len(good) + len(kinds)
+    assert sum(1 for i in entries if i["status"] == "completed") == 5 + len(good)
+    assert sum(1 for i in entries if i["status"] == "error") == len(kinds)
+    [visit] = httpx.get(
+        distributed.gateway.url + f"/api/encounters?job_id={job_id}", headers=auth, timeout=10
+    ).json()["encounters"]
+    eyes = {i["captured_at"]: i["laterality"] for i in visit["images"]}
+    assert (eyes[captures[0].captured_at], eyes[captures[1].captured_at]) == ("right", "left")
+    [report] = visit["reports"]
+    assert report["fields"]["age"]["value"] == values.age
+
+    leaks = phi_finder(mrns=[fop.mrn], names=[fop.name])
+
+    # Every topic, from the beginning, as an outside client reads it.
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    assert kcat
+    for topic in [t.name for t in ALL_TOPICS]:
+        dumped = subprocess.run(
+            [
+                kcat,
+                "-C",
+                "-b",
+                distributed.bootstrap,
+                "-t",
+                topic,
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+                "-f",
+                "%k %h %s\n",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert leaks(dumped) == set(), topic
+    # Every document but the vault's, and every object key.
+    client = pymongo.MongoClient(distributed.env["UPLOADER_MONGO_URL"])
+    try:
+        database = client[distributed.env["UPLOADER_MONGO_DATABASE"]]
+        for name in database.list_collection_names():
+            text = json.dumps(list(database[name].find({})), default=str)
+            if name == "phi_vault":
+                assert fop.mrn in text
+            else:
+                assert leaks(text) == set(), name
+    finally:
+        client.close()
+    minio = Minio(
+        distributed.env["UPLOADER_S3_ENDPOINT"],
+        access_key=distributed.env["UPLOADER_S3_ACCESS_KEY"],
+        secret_key=distributed.env["UPLOADER_S3_SECRET_KEY"],
+        secure=False,
+    )
+    keys = [
+        o.object_name or ""
+        for b in minio.list_buckets()
+        for o in minio.list_objects(b.name, recursive=True)
+    ]
+    assert any(k.endswith(".pdf") for k in keys) and leaks(" ".join(keys)) == set()
+    # And every line the six processes logged.
+    for name, process in distributed.processes.items():
+        assert leaks(process.log_tail(100_000)) == set(), name
 
 
 def test_a_worker_stopped_with_sigterm_mid_job_finishes_its_event_and_hands_over(

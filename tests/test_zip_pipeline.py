@@ -9,8 +9,9 @@ import dataclasses
 import json
 import logging
 import random
+import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,20 @@ def export_with_report(rng: random.Random) -> tuple[RemidioExport, Any]:
     return export, (values, captures)
 
 
+def phi_finder(*, mrns: list[str], names: list[str]) -> Callable[[str], set[str]]:
+    """What of these MRNs and names (each word, in any case, as a whole word: "Devi" is not
+    in "Device") a text holds."""
+    words = {w for name in names for w in re.split(r"[\s_]+", name) if len(w) >= 3}
+    patterns = {m: re.compile(re.escape(m)) for m in mrns} | {
+        w: re.compile(rf"(?<![A-Za-z]){re.escape(w)}(?![A-Za-z])", re.IGNORECASE) for w in words
+    }
+
+    def leaks(text: str) -> set[str]:
+        return {secret for secret, pattern in patterns.items() if pattern.search(text)}
+
+    return leaks
+
+
 def remidio_time_of(iso: str | None) -> str:
     from datetime import datetime, timedelta
 
@@ -206,12 +221,7 @@ async def test_remidio_exports_become_encounters_with_their_reports_eyes_and_no_
 
     # No name or MRN outside the vault: object keys, events, logs, URLs and API answers, and
     # every other document.
-    secrets = {fop.mrn, pristine.mrn, *fop.name.split(), *pristine.name.split()}
-    secrets = {s for s in secrets if len(s) >= 3}
-
-    def leaks(text: str) -> set[str]:
-        lowered = text.lower()
-        return {s for s in secrets if s.lower() in lowered}
+    leaks = phi_finder(mrns=[fop.mrn, pristine.mrn], names=[fop.name, pristine.name])
 
     store = system.platform.store
     keys = [o.key for bucket in (RAW, CLEAN, REPORTS) async for o in store.list(bucket, "")]
