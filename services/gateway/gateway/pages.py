@@ -329,7 +329,7 @@ async def _upload_form_context(gateway: Gateway, user: User, rules: UploadRules)
         "areas": reference["areas"],
         "limits": {
             "max_bytes": rules.max_bytes,
-            "max_size_label": rules.too_large.removeprefix("File too large (max ").rstrip(")"),
+            "max_size_label": rules.size_label,
             "max_files": rules.max_files,
             "quota": quota,
             "used": user.file_upload_count,

@@ -85,17 +85,13 @@ FIELDS_TOO_LARGE = f"The form's fields are too large (at most {MAX_FIELD_BYTES /
 MAX_FILENAME_CHARS = 255
 
 
-def too_large(settings: GatewaySettings) -> str:
-    return f"File too large (max {settings.max_size_label})"
+def too_large(size_label: str) -> str:
+    return f"File too large (max {size_label})"
 
 
 def _mb_label(size_bytes: int) -> str:
     size = size_bytes / (1024 * 1024)
     return f"{int(size)}MB" if float(size).is_integer() else f"{size:.1f}MB"
-
-
-def zip_too_large(settings: GatewaySettings) -> str:
-    return f"File too large (max {_mb_label(settings.per_file_max_bytes)})"
 
 
 def invalid_type(mime: str) -> str:
@@ -233,14 +229,14 @@ class UploadRules:
     fields: tuple[str, ...]
     max_files: int
     max_bytes: int
-    too_large: str
+    size_label: str  # "5MB": how the limit is written in messages and on the page
     # (first bytes, file name) → MIME type, or raises _FileRejected with the reason.
     content_type: Callable[[bytes, str], str]
     validate: Callable[[dict[str, str], User, ReferenceData], Awaitable[UploadMetadata]]
 
     @property
-    def upload_kind(self) -> Literal["image", "archive"]:
-        return "archive" if self.job_kind == "archive" else "image"
+    def too_large(self) -> str:
+        return too_large(self.size_label)
 
 
 def direct_rules(settings: GatewaySettings) -> UploadRules:
@@ -249,7 +245,7 @@ def direct_rules(settings: GatewaySettings) -> UploadRules:
         fields=FIELDS,
         max_files=settings.direct_upload_max_files,
         max_bytes=settings.direct_upload_max_bytes,
-        too_large=too_large(settings),
+        size_label=settings.max_size_label,
         content_type=_image_type,
         validate=_validated_metadata,
     )
@@ -262,7 +258,7 @@ def zip_rules(settings: GatewaySettings) -> UploadRules:
         fields=ZIP_FIELDS,
         max_files=settings.max_files_per_upload,
         max_bytes=settings.per_file_max_bytes,
-        too_large=zip_too_large(settings),
+        size_label=_mb_label(settings.per_file_max_bytes),
         content_type=_zip_type,
         validate=_validated_site,
     )
