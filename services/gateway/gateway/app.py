@@ -24,7 +24,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import account, admin, api, catalogue, encounters, pages
+from gateway import (
+    account,
+    admin,
+    api,
+    catalogue,
+    dashboard,
+    encounters,
+    pages,
+    pregraded,
+    upload_changes,
+)
 from gateway.accounts import Accounts
 from gateway.audit import AuditLog
 from gateway.csrf import CsrfMiddleware, require_csrf
@@ -248,6 +258,9 @@ def create_app(
     app.include_router(account.api_router)
     app.include_router(catalogue.router)
     app.include_router(encounters.router)
+    app.include_router(dashboard.router)
+    app.include_router(upload_changes.router)
+    app.include_router(pregraded.router)
     app.include_router(admin.api_router)
     app.include_router(pages.router)
     app.include_router(account.page_router)

@@ -1,0 +1,9 @@
+"""(Issue 8, being written.)"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api")
