@@ -35,8 +35,11 @@ __all__ = [
     "ReportParsed",
     "ReportTile",
     "UnknownEventType",
+    "UploadDeleted",
     "UploadMetadata",
+    "UploadMetadataChanged",
     "UploadReceived",
+    "ValueChange",
     "decode",
     "encode",
 ]
@@ -253,6 +256,34 @@ class ItemStatusChanged(Event):
     parent_item_id: str | None = None
 
 
+class ValueChange(_Frozen):
+    """One field's value before and after an edit (reference-data ids, or a bool)."""
+
+    old: str | bool | None = None
+    new: str | bool | None = None
+
+
+class UploadMetadataChanged(Event):
+    """Someone corrected a catalogued upload's metadata (hospital, lab unit, camera, disease,
+    area, mydriatic), so other hospital systems can follow. Only fields that really changed
+    are listed, by the catalogue's field names (`hospital_id`, ..., `mydriatic`)."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "upload.metadata.changed.v1"
+    item_id: str
+    changes: dict[str, ValueChange]
+    changed_by: str  # the editor's username (staff, not a patient)
+    at: datetime = Field(default_factory=utcnow)
+
+
+class UploadDeleted(Event):
+    """A catalogued upload was deleted with all its images; it cannot be recovered."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "upload.deleted.v1"
+    item_id: str
+    deleted_by: str
+    at: datetime = Field(default_factory=utcnow)
+
+
 _ALL: tuple[type[Event], ...] = (
     UploadReceived,
     ArchiveEntryExtracted,
@@ -265,6 +296,8 @@ _ALL: tuple[type[Event], ...] = (
     PipelineRunFinished,
     JobOpened,
     ItemStatusChanged,
+    UploadMetadataChanged,
+    UploadDeleted,
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.event_type: cls for cls in _ALL}
 

@@ -15,6 +15,7 @@ __all__ = [
     "PIPELINE_RUNS",
     "REPORTS_PARSED",
     "UPLOADS_RECEIVED",
+    "UPLOAD_CHANGES",
     "TopicSpec",
     "dead_letter",
 ]
@@ -39,6 +40,8 @@ ANONYMIZED_DICOM = "dicom.anonymized"
 INGESTED = "items.ingested"
 PIPELINE_RUNS = "pipeline.runs"
 ITEM_STATUS = "items.status"
+# Edits and deletions of catalogued uploads, keyed by item id (one upload's changes in order).
+UPLOAD_CHANGES = "uploads.changes"
 
 _T = "org.imaging-uploader."
 ALL_TOPICS: tuple[TopicSpec, ...] = (
@@ -60,6 +63,12 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
         4,
         (_T + "job.opened.v1", _T + "item.status.v1"),
         "Job and per-file status changes, keyed by job id.",
+    ),
+    TopicSpec(
+        UPLOAD_CHANGES,
+        2,
+        (_T + "upload.metadata.changed.v1", _T + "upload.deleted.v1"),
+        "Catalogued uploads edited or deleted, keyed by item id.",
     ),
 )
 

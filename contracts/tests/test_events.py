@@ -28,7 +28,10 @@ from contracts.events import (
     RejectedEntry,
     ReportParsed,
     UnknownEventType,
+    UploadDeleted,
+    UploadMetadataChanged,
     UploadReceived,
+    ValueChange,
     decode,
     encode,
 )
@@ -138,6 +141,17 @@ SAMPLES: dict[type[Event], Event] = {
         service="zip-extractor",
         parent_item_id="archive-1",
     ),
+    UploadMetadataChanged: UploadMetadataChanged(
+        job_id=JOB,
+        item_id=ITEM,
+        changes={
+            "disease_id": ValueChange(old="dr", new="glaucoma"),
+            "mydriatic": ValueChange(old=False, new=True),
+        },
+        changed_by="dm-0007",
+        at=AT,
+    ),
+    UploadDeleted: UploadDeleted(job_id=JOB, item_id=ITEM, deleted_by="dm-0007", at=AT),
 }
 
 ALL_MODELS = sorted(EVENT_TYPES.values(), key=lambda cls: cls.event_type)

@@ -1,6 +1,7 @@
 """The gateway's periodic work (at start-up and on a timer, from the composition root):
 give back what interrupted uploads left, forget expired sessions, announce jobs recorded while
-the event bus was down, and remove the object store's own incomplete writes."""
+the event bus was down (and changes to uploads), and remove the object store's own incomplete
+writes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gateway.accounts import Accounts
 from gateway.intake import Intake
 from gateway.jobs import JobRecords
 from gateway.sessions import Sessions
+from gateway.upload_changes import announce_pending_changes
 from gateway.uploads import announce_job
 from kit.blobs import CLEAN, RAW, REPORTS, SCANS
 from kit.ports import Unavailable
@@ -42,3 +44,7 @@ async def maintain(platform: Platform) -> None:
             return  # still down: next time
         await jobs.mark_announced(record.job_id)
         log.info("announced job %s, recorded while the event bus was unavailable", record.job_id)
+    try:
+        await announce_pending_changes(docs=platform.docs, bus=platform.bus)
+    except Unavailable:
+        return

@@ -20,6 +20,7 @@ from gateway.maintenance import maintain
 from gateway.reference import seed_reference_data
 from gateway.sessions import INDEXES as SESSION_INDEXES
 from gateway.settings import GatewaySettings
+from ingest.upload_history import INDEXES as HISTORY_INDEXES
 from kit.ports import Documents
 from kit.service import Platform, ServiceSpec
 
@@ -85,6 +86,7 @@ SPEC = ServiceSpec(
         **ACCOUNT_INDEXES,
         **SESSION_INDEXES,
         **AUDIT_INDEXES,
+        **HISTORY_INDEXES,  # the gateway writes it, through ingest's repository
     },
     prepare=_prepare,
     maintain=maintain,
