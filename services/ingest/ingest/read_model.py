@@ -97,6 +97,11 @@ class CatalogueRecord(_Model):
     laterality_source: str | None = None
     phash: str | None = None
     flags: tuple[str, ...] = ()
+    # An edited version beside the clean original (never overwritten), and its thumbnail;
+    # the version counts edits so each has its own object key (and browser cache entry).
+    edited: ObjectRef | None = None
+    edited_thumbnail: ObjectRef | None = None
+    edit_version: int = 0
 
 
 class QueueEntry(_Model):
@@ -184,6 +189,23 @@ class Catalogue:
         """Open entries, oldest first."""
         found = await self._queue.find(where, sort=[("queued_at", 1)], limit=limit)
         return [QueueEntry.model_validate(doc) for doc in found]
+
+    async def set_edited(
+        self,
+        record_id: str,
+        *,
+        edited: ObjectRef | None,
+        thumbnail: ObjectRef | None,
+        version: int,
+    ) -> None:
+        await self._records.update(
+            record_id,
+            set={
+                "edited": edited.model_dump(mode="json") if edited else None,
+                "edited_thumbnail": thumbnail.model_dump(mode="json") if thumbnail else None,
+                "edit_version": version,
+            },
+        )
 
     async def report(self, item_id: str) -> ReportRecord | None:
         doc = await self._reports.get(item_id)

@@ -83,36 +83,30 @@ async def _match_encounter(encounter_id: str, catalogue: Catalogue) -> None:
 
 
 async def catalogue_image(event: ImageAnonymized, *, catalogue: Catalogue) -> Sequence[Emit]:
-    # Keyed by item id and written with put: a redelivered event rewrites the same record,
-    # so an image is catalogued exactly once however often it arrives.
+    # Keyed by item id: a redelivered event finds its record and keeps it as it is now (people
+    # may have corrected its metadata, edited the image, or its eye may be known since), so an
+    # image is catalogued exactly once however often it arrives.
     existing = await catalogue.get(event.item_id)
-    record = image_record(
-        event, ingested_at=existing.ingested_at if existing else utcnow().isoformat()
-    )
-    if existing is not None and existing.laterality != "unknown":
-        record = record.model_copy(
-            update={
-                "laterality": existing.laterality,
-                "laterality_source": existing.laterality_source,
-            }
-        )
+    record = existing or image_record(event, ingested_at=utcnow().isoformat())
     await _encounter_seen(event, catalogue)
-    await catalogue.put(record)
-    await catalogue.enqueue(
-        QueueEntry(
-            record_id=record.item_id,
-            job_id=record.job_id,
-            disease_id=record.disease_id,
-            hospital_id=record.hospital_id,
-            lab_unit_id=record.lab_unit_id,
-            queued_at=record.ingested_at,
-            needs_review=record.needs_review,
-            encounter_id=record.encounter_id,
-            subject_id=record.subject_id,
-            laterality=record.laterality,
-            flags=record.flags,
+    if existing is None:
+        await catalogue.put(record)
+    if not record.pre_graded:  # (again, if a crash came between the record and its entry)
+        await catalogue.enqueue(
+            QueueEntry(
+                record_id=record.item_id,
+                job_id=record.job_id,
+                disease_id=record.disease_id,
+                hospital_id=record.hospital_id,
+                lab_unit_id=record.lab_unit_id,
+                queued_at=record.ingested_at,
+                needs_review=record.needs_review,
+                encounter_id=record.encounter_id,
+                subject_id=record.subject_id,
+                laterality=record.laterality,
+                flags=record.flags,
+            )
         )
-    )
     if record.encounter_id is not None:
         await _match_encounter(record.encounter_id, catalogue)
     return [
