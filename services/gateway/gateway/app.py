@@ -31,6 +31,7 @@ from gateway import (
     catalogue,
     dashboard,
     encounters,
+    image_edits,
     pages,
     pregraded,
     upload_changes,
@@ -260,6 +261,7 @@ def create_app(
     app.include_router(encounters.router)
     app.include_router(dashboard.router)
     app.include_router(upload_changes.router)
+    app.include_router(image_edits.router)
     app.include_router(pregraded.router)
     app.include_router(admin.api_router)
     app.include_router(pages.router)
