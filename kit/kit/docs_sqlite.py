@@ -82,6 +82,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -946,7 +947,7 @@ class SqliteDocuments:
         _create_private(self.path)
         db = self._open()
         try:
-            db.execute("PRAGMA journal_mode = WAL")
+            _enter_wal(db)
             db.execute("PRAGMA synchronous = FULL")
             db.execute(_SCHEMA)
         except BaseException:
@@ -1010,3 +1011,18 @@ class SqliteDocuments:
     def _close_lanes(self) -> None:
         for lane in (self._scans, self._lookups, self._writer):
             lane.close()
+
+
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL. Two processes opening a new file at once can make this fail
+    with "database is locked" at once, without waiting out the busy timeout (seen in CI on a
+    loaded machine), so it is retried for as long as that timeout."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
