@@ -23,6 +23,7 @@ __all__ = [
     "Catalogue",
     "CatalogueRecord",
     "Encounter",
+    "GradingRecord",
     "Laterality",
     "QueueEntry",
     "ReportRecord",
@@ -30,6 +31,7 @@ __all__ = [
 
 CATALOGUE, GRADING_QUEUE, REPORTS = "uploads", "grading_queue", "reports"
 ENCOUNTERS = "encounters"
+GRADING = "grading_records"
 Laterality = Literal["right", "left", "unknown"]
 
 # What the read APIs filter and sort by; created at start-up (see `ServiceSpec.indexes`).
@@ -47,6 +49,7 @@ INDEXES: Mapping[str, Sequence[Index]] = {
         Index(fields=(("encounter_id", 1),)),
     ),
     REPORTS: (Index(fields=(("encounter_id", 1),)), Index(fields=(("job_id", 1),))),
+    GRADING: (Index(fields=(("job_id", 1),)),),
     ENCOUNTERS: (
         Index(fields=(("job_id", 1), ("capture_date", 1))),
         Index(fields=(("subject_id", 1), ("capture_date", 1))),
@@ -102,6 +105,10 @@ class CatalogueRecord(_Model):
     edited: ObjectRef | None = None
     edited_thumbnail: ObjectRef | None = None
     edit_version: int = 0
+    # Who graded it and when, where a grading record exists (a pre-graded upload's comes
+    # from the sheet it was uploaded with).
+    graded_by: str | None = None
+    graded_at: str | None = None
 
 
 class QueueEntry(_Model):
@@ -141,6 +148,19 @@ class ReportRecord(_Model):
     filed_at: str | None = None
 
 
+class GradingRecord(_Model):
+    """The grades of one upload: from a grader, or from the sheet a pre-graded upload came
+    with (`source`), by grade field (`gateway.grade_sheet.GRADE_FIELDS`)."""
+
+    record_id: str
+    job_id: str
+    source: Literal["pre_graded", "grader"] = "grader"
+    grades: dict[str, Any] = {}
+    graded_by: str
+    graded_at: str
+    sheet_row: int | None = None  # where in the uploaded sheet these grades were
+
+
 class Encounter(_Model):
     """One patient visit from an archive (a Remidio patient folder): its images and report
     are found by `encounter_id`."""
@@ -163,6 +183,7 @@ class Catalogue:
         self._queue = docs.collection(GRADING_QUEUE)
         self._reports = docs.collection(REPORTS)
         self._encounters = docs.collection(ENCOUNTERS)
+        self._grading = docs.collection(GRADING)
 
     async def get(self, record_id: str) -> CatalogueRecord | None:
         doc = await self._records.get(record_id)
@@ -206,6 +227,13 @@ class Catalogue:
                 "edit_version": version,
             },
         )
+
+    async def put_grading(self, grading: GradingRecord) -> None:
+        await self._grading.put(grading.document(grading.record_id))
+
+    async def grading(self, record_id: str) -> GradingRecord | None:
+        doc = await self._grading.get(record_id)
+        return None if doc is None else GradingRecord.model_validate(doc)
 
     async def report(self, item_id: str) -> ReportRecord | None:
         doc = await self._reports.get(item_id)

@@ -88,6 +88,18 @@ async def catalogue_image(event: ImageAnonymized, *, catalogue: Catalogue) -> Se
     # image is catalogued exactly once however often it arrives.
     existing = await catalogue.get(event.item_id)
     record = existing or image_record(event, ingested_at=utcnow().isoformat())
+    if existing is None:
+        # A pre-graded upload came with its grades (written by the gateway before the file
+        # was announced): it is graded already, and not queued for grading.
+        grading = await catalogue.grading(event.item_id)
+        if grading is not None and grading.source == "pre_graded":
+            record = record.model_copy(
+                update={
+                    "pre_graded": True,
+                    "graded_by": grading.graded_by,
+                    "graded_at": grading.graded_at,
+                }
+            )
     await _encounter_seen(event, catalogue)
     if existing is None:
         await catalogue.put(record)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ingest.read_model import INDEXES
+from ingest.read_model import CATALOGUE, INDEXES
+from ingest.uploads_query import INDEXES as QUERY_INDEXES
 from ingest.service import NAME, routes
 from kit.service import ServiceSpec
 
@@ -12,5 +13,9 @@ SPEC = ServiceSpec(
     name=NAME,
     routes=lambda platform: routes(docs=platform.docs),
     needs=frozenset({"bus", "docs"}),
-    indexes=INDEXES,
+    # The dashboard's filters (uploads_query) beside the read model's own.
+    indexes={
+        **INDEXES,
+        CATALOGUE: (*INDEXES[CATALOGUE], *QUERY_INDEXES[CATALOGUE]),
+    },
 )

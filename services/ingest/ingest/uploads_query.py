@@ -3,9 +3,9 @@ and its KPI cards, over the documents port only (so FerretDB v1 serves it: equal
 `AnyOf`, sort, skip, limit, count and count_by; no aggregation pipeline).
 
 The grading status of an upload is read from its record: `pre_graded`, and `graded_at` /
-`graded_by` where a grading has been recorded (graded = `graded_at` present). Those fields and
-`edited` are read from the raw document, so records written before they existed read as not
-graded and not edited.
+`graded_by` where a grading has been recorded (graded = `graded_at` present). Those two are
+read from the raw document, so records written before grading was recorded read as not
+graded. An upload is edited when its record holds an edited version (`CatalogueRecord.edited`).
 """
 
 from __future__ import annotations
@@ -125,7 +125,10 @@ class Upload:
     record: CatalogueRecord
     graded_by: str | None = None
     graded_at: str | None = None
-    edited: bool = False
+
+    @property
+    def edited(self) -> bool:
+        return self.record.edited is not None
 
     @property
     def grading_status(self) -> GradingStatus:
@@ -140,7 +143,6 @@ class Upload:
             record=CatalogueRecord.model_validate(doc),
             graded_by=graded_by if isinstance(graded_by, str) else None,
             graded_at=graded_at if isinstance(graded_at, str) else None,
-            edited=doc.get("edited") is True,
         )
 
 
