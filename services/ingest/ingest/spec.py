@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ingest.read_model import CATALOGUE, INDEXES
-from ingest.uploads_query import INDEXES as QUERY_INDEXES
 from ingest.service import NAME, routes
+from ingest.uploads_query import INDEXES as QUERY_INDEXES
 from kit.service import ServiceSpec
 
 __all__ = ["SPEC"]
