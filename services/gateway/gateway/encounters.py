@@ -3,9 +3,9 @@ the PHI vault behind their subject ids, for the roles that need it (every read a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from gateway.access import Access
@@ -84,8 +84,8 @@ async def encounters(
     access: AccessDep,
     job_id: str | None = None,
     subject_id: str | None = None,
-    limit: int = 100,
-    skip: int = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    skip: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> dict[str, Any]:
     """Visits found in uploaded archives, newest capture first, of the lab units the caller may
     see, each with its images (laterality `unknown` unless a report tile shows which eye) and
@@ -96,9 +96,7 @@ async def encounters(
     if subject_id:
         where["subject_id"] = subject_id
     catalogue = Catalogue(docs=gateway.docs)
-    found = await catalogue.encounters(
-        where=where, limit=max(1, min(limit, MAX_PAGE)), skip=max(0, skip)
-    )
+    found = await catalogue.encounters(where=where, limit=limit, skip=skip)
     ids = [e.encounter_id for e in found]
     images: dict[str, list[CatalogueRecord]] = {}
     for image in await catalogue.images_of(ids):

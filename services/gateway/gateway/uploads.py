@@ -13,7 +13,7 @@ import logging
 import secrets
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,7 +47,9 @@ __all__ = [
     "NO_ACCESS",
     "NO_FILE",
     "QUOTA_EXCEEDED",
+    "Attachment",
     "Audit",
+    "BeforeRecord",
     "FormRejected",
     "UploadResult",
     "UploadRules",
@@ -221,6 +223,37 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A small file sent with the upload that is read, not stored (a pre-graded upload's
+    sheet of grades)."""
+
+    filename: str
+    data: bytes
+
+
+# Called with the job id, the accepted files (item id, name), the attachments and the form's
+# fields once
+# every file is in, before the job is recorded: it may refuse the whole form (FormRejected)
+# or prepare what must exist before the files are announced.
+BeforeRecord = Callable[
+    [str, list[tuple[str, str]], dict[str, Attachment], dict[str, str]], Awaitable[None]
+]
+
+
+async def _attachment(part: FormPart, *, limit: int) -> Attachment:
+    data = bytearray()
+    async for chunk in part.chunks:
+        data += chunk
+        if len(data) > limit:
+            await _drain(part.chunks)
+            raise FormRejected(
+                f"The {part.name} file is too large (max {limit // (1024 * 1024)} MB)",
+                status_code=413,
+            )
+    return Attachment(filename=clean_filename(part.filename or ""), data=bytes(data))
+
+
 @dataclass(frozen=True, kw_only=True)
 class UploadRules:
     """What one upload form accepts: its fields, which files, how many and how large."""
@@ -277,6 +310,7 @@ class _Upload:
     fields: dict[str, str] = field(default_factory=dict)
     field_bytes: int = 0
     file_parts: int = 0
+    attachments: dict[str, Attachment] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
@@ -396,7 +430,12 @@ async def receive_upload(
     bus: EventBus,
     accounts: Accounts,
     reference: ReferenceData,
+    attachments: Mapping[str, int] | None = None,
+    before_record: BeforeRecord | None = None,
 ) -> UploadResult:
+    """Stream the form's files into `raw` and open a job. `attachments` names file fields
+    read into memory instead (at most so many bytes each)."""
+    attachments = attachments or {}
     intake = Intake(docs=docs, store=store, accounts=accounts)
     pending = await intake.begin(job_id=secrets.token_urlsafe(18), username=user.username)
     upload = _Upload(user=user, settings=settings, rules=rules, store=store, pending=pending)
@@ -405,6 +444,11 @@ async def receive_upload(
         async for part in parts:
             if not part.is_file:
                 upload.take_field(part.name, await read_text(part))
+                continue
+            if part.name in attachments and part.name not in upload.attachments:
+                upload.attachments[part.name] = await _attachment(
+                    part, limit=attachments[part.name]
+                )
                 continue
             if part.name != "files":
                 await _drain(part.chunks)
@@ -420,6 +464,9 @@ async def receive_upload(
             raise FormRejected(NO_FILE)
         if upload.file_parts > rules.max_files:
             raise FormRejected(too_many_files(rules.max_files), status_code=413)
+        if before_record is not None:
+            accepted = [(i.item_id, i.filename) for i in upload.items if not i.reason]
+            await before_record(upload.job_id, accepted, upload.attachments, upload.fields)
         record = _job_record(upload, metadata=metadata, audit=audit)
         await JobRecords(docs=docs).put(record)
     except BaseException:

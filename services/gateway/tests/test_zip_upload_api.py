@@ -22,7 +22,9 @@ ZIP_FORM = {"hospital": "city-general", "lab_unit": "city-retina-clinic"}
 def archive(seed: int, *, name: str | None = None) -> tuple[str, bytes, str]:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("visit/FOP/1.02.03.004_PM.jpg", fundus_image(size=200, seed=seed))
+        # A fixed date: the same seed gives the very same bytes (writestr would stamp "now").
+        entry = zipfile.ZipInfo("visit/FOP/1.02.03.004_PM.jpg", date_time=(2025, 1, 31, 12, 2, 3))
+        zf.writestr(entry, fundus_image(size=200, seed=seed))
     return (name or f"export{seed}.zip", buffer.getvalue(), "application/zip")
 
 
