@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -11,7 +12,14 @@ from gateway.access import Access
 from gateway.deps import CurrentUser, GatewayDep, client_address
 from gateway.jobs import find_job_view, recent_jobs
 from gateway.multipart import read_parts
-from gateway.uploads import Audit, UploadRules, direct_rules, receive_upload, zip_rules
+from gateway.uploads import (
+    Audit,
+    BeforeRecord,
+    UploadRules,
+    direct_rules,
+    receive_upload,
+    zip_rules,
+)
 
 __all__ = ["router"]
 
@@ -35,8 +43,15 @@ def job_pages(kind: str, job_id: str) -> dict[str, str]:
 
 
 async def run_upload(
-    request: Request, gateway: GatewayDep, user: CurrentUser, *, rules: UploadRules
+    request: Request,
+    gateway: GatewayDep,
+    user: CurrentUser,
+    *,
+    rules: UploadRules,
+    attachments: Mapping[str, int] | None = None,
+    before_record: BeforeRecord | None = None,
 ) -> dict[str, Any]:
+    """Receive an upload form through `rules` and answer what the upload APIs answer."""
     result = await receive_upload(
         read_parts(request.headers.get("content-type", ""), request.stream()),
         rules=rules,
@@ -48,6 +63,8 @@ async def run_upload(
         bus=gateway.bus,
         accounts=gateway.accounts,
         reference=gateway.reference,
+        attachments=attachments,
+        before_record=before_record,
     )
     return {
         "job_id": result.job_id,

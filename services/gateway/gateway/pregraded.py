@@ -16,12 +16,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from contracts.envelope import utcnow
-from gateway.api import audit_of, job_pages
+from gateway.api import run_upload
 from gateway.deps import CurrentUser, GatewayDep
 from gateway.grade_sheet import GRADE_FIELDS, GradeSheetError, Mapping, SheetResult, read_header
 from gateway.grade_sheet import read_rows as read_sheet_rows
 from gateway.multipart import read_parts
-from gateway.uploads import Attachment, FormRejected, direct_rules, receive_upload
+from gateway.uploads import Attachment, FormRejected, direct_rules
 from ingest.read_model import Catalogue, GradingRecord
 
 __all__ = ["GRADES_FIELD", "MAPPINGS", "NO_SHEET", "router"]
@@ -144,25 +144,12 @@ async def pregraded_upload(
             images_without_row=list(result.images_without_row),
         )
 
-    result = await receive_upload(
-        read_parts(request.headers.get("content-type", ""), request.stream()),
+    answer = await run_upload(
+        request,
+        gateway,
+        user,
         rules=direct_rules(gateway.settings),
-        user=user,
-        audit=audit_of(request),
-        settings=gateway.settings,
-        store=gateway.store,
-        docs=gateway.docs,
-        bus=gateway.bus,
-        accounts=gateway.accounts,
-        reference=gateway.reference,
         attachments={GRADES_FIELD: MAX_SHEET_BYTES},
         before_record=grade,
     )
-    return {
-        "job_id": result.job_id,
-        "status_url": f"/api/upload-jobs/{result.job_id}/status",
-        "processing_url": job_pages("direct", result.job_id)["processing_url"],
-        "accepted": result.accepted,
-        "rejected": result.rejected,
-        **outcome,
-    }
+    return {**answer, **outcome}

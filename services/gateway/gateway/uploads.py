@@ -373,12 +373,17 @@ async def _site(
     return hospital, lab_unit
 
 
+def _required(form: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    values = {name: form.get(name, "").strip() for name in names}
+    if any(not v for v in values.values()):
+        raise FormRejected(ALL_FIELDS_REQUIRED)
+    return values
+
+
 async def _validated_site(
     form: dict[str, str], user: User, reference: ReferenceData
 ) -> ArchiveUploadMetadata:
-    values = {name: form.get(name, "").strip() for name in ZIP_FIELDS}
-    if any(not v for v in values.values()):
-        raise FormRejected(ALL_FIELDS_REQUIRED)
+    values = _required(form, ZIP_FIELDS)
     hospital, lab_unit = await _site(values, user=user, reference=reference)
     return ArchiveUploadMetadata(hospital_id=hospital["id"], lab_unit_id=lab_unit["id"])
 
@@ -386,9 +391,7 @@ async def _validated_site(
 async def _validated_metadata(
     form: dict[str, str], user: User, reference: ReferenceData
 ) -> DirectUploadMetadata:
-    values = {name: form.get(name, "").strip() for name in FIELDS}
-    if any(not v for v in values.values()):
-        raise FormRejected(ALL_FIELDS_REQUIRED)
+    values = _required(form, FIELDS)
     hospital, lab_unit = await _site(values, user=user, reference=reference)
     for kind, name in (("cameras", "camera"), ("diseases", "disease"), ("areas", "area")):
         if await reference.active(kind, values[name]) is None:
